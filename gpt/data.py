@@ -1,0 +1,196 @@
+"""Text -> token files on disk (memmap) -> batches, as a LightningDataModule."""
+
+import itertools
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from gpt import UserError
+from gpt.tokenizers import fit_tokenizer, tokenizer_from_dict
+
+CHUNK_CHARS = 1 << 20
+
+
+def read_chunks(path: Path) -> Iterator[str]:
+    """Yield the text of ``path`` in chunks of about CHUNK_CHARS characters, each ending at a line end."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            while chunk := f.read(CHUNK_CHARS):
+                yield chunk + f.readline()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (bad byte at offset {e.start} of a chunk); "
+                        "convert it with iconv -t utf-8") from None
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def prepared_dir(cache_dir: str | Path, text_path: str | Path, tokenizer: str) -> Path:
+    """Where the token files of ``text_path`` encoded with ``tokenizer`` are kept."""
+    return Path(cache_dir) / f"{Path(text_path).stem}-{tokenizer}"
+
+
+def prepare(text_path: str | Path, out_dir: str | Path, tokenizer: str = "char", val_fraction: float = 0.1) -> dict:
+    """Tokenize a UTF-8 text file into ``train.bin`` / ``val.bin`` (first / last part of the text) plus
+    ``tokenizer.json`` and ``meta.json`` in ``out_dir``. Skips the work when ``out_dir`` is up to date."""
+    text_path, out_dir = Path(text_path), Path(out_dir)
+    if not text_path.is_file():
+        raise UserError(f"data file not found: {text_path}; set data.text_path to a UTF-8 text file")
+    if not 0 < val_fraction < 1:
+        raise UserError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+    stat = text_path.stat()
+    source = {"path": str(text_path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+              "tokenizer": tokenizer, "val_fraction": val_fraction}
+    meta_path = out_dir / "meta.json"
+    if meta_path.is_file() and json.loads(meta_path.read_text()).get("source") == source:
+        return json.loads(meta_path.read_text())
+
+    n_chars = sum(len(chunk) for chunk in read_chunks(text_path))
+    if n_chars == 0:
+        raise UserError(f"data file is empty: {text_path}")
+    tok = fit_tokenizer(tokenizer, read_chunks(text_path))
+    dtype = token_dtype(tok.vocab_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = _write_splits(text_path, out_dir, tok, dtype, split_at=int(n_chars * (1 - val_fraction)))
+    (out_dir / "tokenizer.json").write_text(json.dumps(tok.to_dict()))
+    meta = {"source": source, "dtype": dtype.name, "vocab_size": tok.vocab_size, **counts}
+    _atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    return meta
+
+
+def _write_splits(text_path: Path, out_dir: Path, tok, dtype: np.dtype, split_at: int) -> dict:
+    """Encode chunk by chunk; characters before ``split_at`` go to train.bin, the rest to val.bin."""
+    files = {name: open(out_dir / f"{name}.bin.tmp", "wb") for name in ("train", "val")}
+    counts = {"train_tokens": 0, "val_tokens": 0}
+    position = 0
+    try:
+        for chunk in read_chunks(text_path):
+            cut = min(max(split_at - position, 0), len(chunk))
+            for name, part in (("train", chunk[:cut]), ("val", chunk[cut:])):
+                if part:
+                    ids = np.asarray(tok.encode(part), dtype=dtype)
+                    ids.tofile(files[name])
+                    counts[f"{name}_tokens"] += len(ids)
+            position += len(chunk)
+    finally:
+        for f in files.values():
+            f.close()
+    for name in files:
+        os.replace(out_dir / f"{name}.bin.tmp", out_dir / f"{name}.bin")
+    return counts
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RandomWindows(IterableDataset):
+    """An endless stream of batches of random windows of ``block_size + 1`` tokens.
+
+    Batch ``b`` is a pure function of (seed, b, rank): the samples of one optimizer step are drawn
+    together and split between micro-batches and ranks, so a run sees the same data for the same
+    global batch whatever its number of processes, and a resumed run can start at any batch.
+    """
+
+    def __init__(self, path: Path, dtype: str, block_size: int, batch_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1, accumulate: int = 1, start_batch: int = 0):
+        super().__init__()
+        self.path, self.dtype = path, dtype
+        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self.rank, self.world_size, self.accumulate = rank, world_size, accumulate
+        self.start_batch = start_batch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        worker = get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        for b in itertools.count(self.start_batch + worker_id, num_workers):
+            yield self.batch(b)
+
+    def batch(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        step, micro = divmod(b, self.accumulate)
+        data = np.memmap(self.path, dtype=self.dtype, mode="r")  # re-opened per batch: safe across forks
+        rng = np.random.default_rng([self.seed, step])
+        starts = rng.integers(0, len(data) - self.block_size, size=self.batch_size * self.world_size * self.accumulate)
+        part = micro * self.world_size + self.rank
+        starts = starts[part * self.batch_size:(part + 1) * self.batch_size]
+        windows = torch.from_numpy(np.stack([data[s:s + self.block_size + 1] for s in starts]).astype(np.int64))
+        return windows[:, :-1], windows[:, 1:]
+
+
+class FixedWindows(Dataset):
+    """Evenly spaced windows over a token file, the same every time (so val losses compare across runs)."""
+
+    def __init__(self, path: Path, dtype: str, block_size: int, max_windows: int | None = None):
+        self.path, self.dtype, self.block_size = path, dtype, block_size
+        n_tokens = len(np.memmap(path, dtype=dtype, mode="r"))
+        n_windows = (n_tokens - 1) // block_size
+        if max_windows:
+            n_windows = min(n_windows, max_windows)
+        self.starts = np.linspace(0, n_tokens - block_size - 1, n_windows).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        data = np.memmap(self.path, dtype=self.dtype, mode="r")
+        s = self.starts[i]
+        window = torch.from_numpy(data[s:s + self.block_size + 1].astype(np.int64))
+        return window[:-1], window[1:]
+
+
+class TokenDataModule(L.LightningDataModule):
+    """Random training windows and fixed validation windows from a text file tokenized once to disk."""
+
+    def __init__(self, text_path: str, cache_dir: str, block_size: int, batch_size: int,
+                 tokenizer: str = "char", val_fraction: float = 0.1, val_windows: int | None = 2000,
+                 num_workers: int = 0, seed: int = 1337):
+        super().__init__()
+        if block_size <= 0 or batch_size <= 0:
+            raise UserError(f"block_size and batch_size must be positive, got {block_size} and {batch_size}")
+        self.text_path = Path(text_path)
+        self.data_dir = prepared_dir(cache_dir, text_path, tokenizer)
+        self.tokenizer_kind, self.val_fraction = tokenizer, val_fraction
+        self.block_size, self.batch_size = block_size, batch_size
+        self.val_windows, self.num_workers, self.seed = val_windows, num_workers, seed
+        self.meta: dict | None = None
+
+    def prepare_data(self) -> None:
+        prepare(self.text_path, self.data_dir, self.tokenizer_kind, self.val_fraction)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.meta = json.loads((self.data_dir / "meta.json").read_text())
+        for split in ("train", "val"):
+            n = self.meta[f"{split}_tokens"]
+            if n <= self.block_size:
+                raise UserError(f"{self.text_path} is too short: its {split} split has {n} tokens, "
+                                f"fewer than block_size+1={self.block_size + 1}; use more text or a smaller block_size")
+
+    @property
+    def tokenizer(self):
+        return tokenizer_from_dict(json.loads((self.data_dir / "tokenizer.json").read_text()))
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        dataset = RandomWindows(
+            self.data_dir / "train.bin", self.meta["dtype"], self.block_size, self.batch_size, self.seed,
+            rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
+            accumulate=trainer.accumulate_grad_batches if trainer else 1,
+            start_batch=trainer.fit_loop.epoch_loop.batch_progress.total.completed if trainer else 0)
+        return self._loader(dataset, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = FixedWindows(self.data_dir / "val.bin", self.meta["dtype"], self.block_size, self.val_windows)
+        return self._loader(dataset, batch_size=self.batch_size)
+
+    def _loader(self, dataset: Dataset, batch_size: int | None) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)

@@ -1,0 +1,67 @@
+"""LightningModules: the training objective around a plain model."""
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch.nn import functional as F
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int, min_lr: float) -> LambdaLR:
+    """Linear warmup to the optimizer's lr, then cosine decay to ``min_lr`` at ``max_steps``."""
+    base_lr = optimizer.param_groups[0]["lr"]
+
+    def lr_factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+        lr = min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (base_lr - min_lr)
+        return lr / base_lr
+
+    return LambdaLR(optimizer, lr_factor)
+
+
+class CausalLM(L.LightningModule):
+    """Next-token prediction. ``metadata`` (resolved config, tokenizer) is stored in every checkpoint."""
+
+    def __init__(self, model_config, optimizer: Callable, scheduler: Callable | None = None,
+                 metadata: dict | None = None):
+        super().__init__()
+        self.model = model_config.build()
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.metadata = metadata or {}
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        inputs, targets = batch
+        logits = self.model(inputs)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log("val/loss", self.loss(batch), prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [  # weight decay on matrices only, not on biases, norms and gains
+            {"params": [p for p in params if p.dim() >= 2]},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        extra = {"fused": True} if self.device.type == "cuda" else {}
+        optimizer = self.optimizer_factory(groups, **extra)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["gpt"] = self.metadata

@@ -1,0 +1,245 @@
+"""Decoder GPT and a bigram baseline as plain ``nn.Module``s (no Lightning here)."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gpt import UserError
+
+POSITIONS = ("learned", "rope")
+MLPS = ("gelu", "swiglu")
+NORMS = ("layernorm", "rmsnorm")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"model.{name}={value!r} is not a valid option; choose one of {', '.join(choices)}")
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise UserError(f"model.{name} must be a positive integer, got {value}")
+
+
+@dataclass
+class GPTConfig:
+    """Shape and options of a GPT. ``vocab_size`` comes from the tokenizer at build time."""
+
+    vocab_size: int = 0
+    block_size: int = 256
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = True
+    tie_weights: bool = True
+    pad_vocab_multiple: int = 1  # GPT-2 pads 50257 to 50304 (a multiple of 64) for faster matmuls
+    pos: str = "learned"
+    mlp: str = "gelu"
+    norm: str = "layernorm"
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        _check_positive(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
+                        n_head=self.n_head, n_embd=self.n_embd, pad_vocab_multiple=self.pad_vocab_multiple)
+        _check_choice("pos", self.pos, POSITIONS)
+        _check_choice("mlp", self.mlp, MLPS)
+        _check_choice("norm", self.norm, NORMS)
+        if self.n_embd % self.n_head:
+            raise UserError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise UserError(f"model.pos=rope needs an even head dimension, got n_embd/n_head={self.head_dim}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return math.ceil(self.vocab_size / self.pad_vocab_multiple) * self.pad_vocab_multiple
+
+    def build(self) -> "GPT":
+        return GPT(self)
+
+
+@dataclass
+class BigramConfig:
+    """The baseline: the next token depends only on the current one."""
+
+    vocab_size: int = 0
+    block_size: int = 64  # only sets the length of training windows and of the context when sampling
+
+    def __post_init__(self):
+        _check_positive(vocab_size=self.vocab_size, block_size=self.block_size)
+
+    def build(self) -> "Bigram":
+        return Bigram(self)
+
+
+class Generator(nn.Module):
+    """Autoregressive sampling for any model mapping token ids (B, T) to logits (B, T, V)."""
+
+    block_size: int
+    vocab_size: int
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None) -> torch.Tensor:
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -self.block_size:])[:, -1, : self.vocab_size]
+            next_id = sample_next(logits, temperature, top_k)
+            idx = torch.cat([idx, next_id], dim=1)
+        return idx
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
+    """One token id per row of ``logits`` (B, V); temperature 0 means greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+
+
+class Bigram(Generator):
+    def __init__(self, config: BigramConfig):
+        super().__init__()
+        self.config = config
+        self.block_size = config.block_size
+        self.vocab_size = config.vocab_size
+        self.logits_table = nn.Embedding(config.vocab_size, config.vocab_size)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.logits_table(idx)
+
+
+def _norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding: rotates query/key channel pairs by a position-dependent angle."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        freqs = config.rope_base ** (-torch.arange(0, config.head_dim, 2).float() / config.head_dim)
+        angles = torch.outer(torch.arange(config.block_size).float(), freqs)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """x: (B, H, T, D) for positions start .. start+T-1."""
+        T = x.size(-2)
+        cos, sin = self.cos[start:start + T], self.sin[start:start + T]
+        x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+        rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        return rotated.flatten(-2).type_as(x)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.rotary = Rotary(config) if config.pos == "rope" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.qkv(x).split(C, dim=2))
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=True)
+        return self.resid_dropout(self.proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.gated = config.mlp == "swiglu"
+        # SwiGLU has three matrices instead of two: a hidden size of 2/3 * 4 * n_embd keeps the
+        # parameter count of the 4x GELU MLP (rounded up to a multiple of 64).
+        hidden = 64 * math.ceil(8 * config.n_embd / 3 / 64) if self.gated else 4 * config.n_embd
+        self.fc = nn.Linear(config.n_embd, 2 * hidden if self.gated else hidden, bias=config.bias)
+        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if self.gated:
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        else:
+            h = F.gelu(h)
+        return self.dropout(self.proj(h))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.norm1, self.attn = _norm(config), SelfAttention(config)
+        self.norm2, self.mlp = _norm(config), MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(Generator):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.block_size = config.block_size
+        self.vocab_size = config.vocab_size
+        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos == "learned" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = _norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        for name, param in self.named_parameters():
+            if name.endswith("proj.weight"):  # residual projections, scaled as in GPT-2
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, exclude_positions: bool = False) -> int:
+        """Parameter count, tied embeddings counted once."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_positions and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        T = idx.size(1)
+        if T > self.block_size:
+            raise ValueError(f"sequence of length {T} is longer than block_size={self.block_size}")
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.norm_f(x))

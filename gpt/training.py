@@ -1,0 +1,45 @@
+"""What ``python train.py`` does: compose the parts named by the config, fit, report the best checkpoint."""
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Instantiate each named entry of a group such as ``callbacks`` or ``logger``; ``null`` entries are skipped."""
+    return [instantiate(node) for node in (group or {}).values() if node is not None]
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train the configured model and return the best validation loss (the value sweeps optimise)."""
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    tokenizer = datamodule.tokenizer
+    model_config = instantiate(cfg.model, vocab_size=tokenizer.vocab_size)
+    make_lm = instantiate(cfg.lm, _partial_=True)
+    lm = make_lm(model_config=model_config, optimizer=instantiate(cfg.optim),
+                 scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+                 metadata={"config": OmegaConf.to_container(cfg, resolve=True), "tokenizer": tokenizer.to_dict()})
+    log.info("model: %s with %.2fM parameters, vocabulary of %d tokens",
+             type(lm.model).__name__, sum(p.numel() for p in lm.model.parameters()) / 1e6, tokenizer.vocab_size)
+
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
+                                     logger=instantiate_group(cfg.get("logger")))
+    trainer.fit(lm, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is None or checkpoint.best_model_score is None:
+        return None
+    best = float(checkpoint.best_model_score)
+    print(f"best val/loss {best:.4f}, checkpoint {checkpoint.best_model_path}")
+    return best
