@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gpt import UserError
+from gpt.hf import from_hf, read_hf_state_dict
 from gpt.tokenizers import tokenizer_from_dict
 
 
@@ -38,3 +39,34 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, object, DictConf
     model = instantiate(cfg.model, vocab_size=tokenizer.vocab_size).build()
     model.load_state_dict(model_state(checkpoint["state_dict"]))
     return model.eval(), tokenizer, cfg
+
+
+def check_tokenizer(saved: dict, tokenizer, what: str) -> None:
+    """Stop when a checkpoint was trained on other token ids than the current data."""
+    if saved != tokenizer.to_dict():
+        saved_tokenizer = tokenizer_from_dict(saved)
+        raise UserError(f"{what} was trained with the {saved_tokenizer.kind} tokenizer ({saved_tokenizer.vocab_size} "
+                        f"tokens) but the data uses the {tokenizer.kind} tokenizer ({tokenizer.vocab_size} tokens); "
+                        "use the same data.tokenizer (and the same training text for char/bpe)")
+
+
+def load_initial_weights(model: nn.Module, source: str, tokenizer) -> None:
+    """Start from existing weights (``init_from=``): one of our checkpoints, or Hugging Face GPT-2 weights.
+    A longer context in the source is cropped to the model's block_size."""
+    if str(source).endswith(".ckpt"):
+        checkpoint = load_checkpoint(source)
+        check_tokenizer(checkpoint["gpt"]["tokenizer"], tokenizer, f"init_from={source}")
+        state = model_state(checkpoint["state_dict"])
+        if "wpe.weight" in state:
+            state["wpe.weight"] = state["wpe.weight"][: model.block_size]
+    else:
+        if tokenizer.kind != "gpt2":
+            raise UserError(f"init_from={source}: GPT-2 weights need data.tokenizer=gpt2, not {tokenizer.kind}")
+        state = from_hf(read_hf_state_dict(source), model)
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name not in state or state[name].shape != tensor.shape:
+            found = tuple(state[name].shape) if name in state else "nothing"
+            raise UserError(f"init_from={source} does not fit the model: {name} is {found}, the model "
+                            f"expects {tuple(tensor.shape)}; choose the model config it was trained with")
+    model.load_state_dict(state)

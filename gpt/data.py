@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import multiprocessing
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,11 +11,24 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from tqdm import tqdm
 
 from gpt import UserError
 from gpt.tokenizers import fit_tokenizer, tokenizer_from_dict
 
 CHUNK_CHARS = 1 << 20
+
+
+def text_files(text_path: Path) -> list[Path]:
+    """A text file, or every ``*.txt`` file under a directory; each file is one document."""
+    if text_path.is_dir():
+        files = sorted(p for p in text_path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise UserError(f"no *.txt files in directory {text_path}")
+        return files
+    if not text_path.is_file():
+        raise UserError(f"data file not found: {text_path}; set data.text_path to a UTF-8 text file")
+    return [text_path]
 
 
 def read_chunks(path: Path) -> Iterator[str]:
@@ -28,58 +42,104 @@ def read_chunks(path: Path) -> Iterator[str]:
                         "convert it with iconv -t utf-8") from None
 
 
+def read_documents(files: list[Path]) -> Iterator[tuple[str, bool]]:
+    """(chunk, is the last chunk of its document) for every chunk of every file."""
+    for path in files:
+        previous = None
+        for chunk in read_chunks(path):
+            if previous is not None:
+                yield previous, False
+            previous = chunk
+        if previous is not None:
+            yield previous, True
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def prepared_dir(cache_dir: str | Path, text_path: str | Path, tokenizer: str) -> Path:
+def prepared_dir(cache_dir: str | Path, text_path: str | Path, tokenizer: str, vocab_size: int | None = None) -> Path:
     """Where the token files of ``text_path`` encoded with ``tokenizer`` are kept."""
-    return Path(cache_dir) / f"{Path(text_path).stem}-{tokenizer}"
+    name = f"{Path(text_path).stem}-{tokenizer}{vocab_size if tokenizer == 'bpe' else ''}"
+    return Path(cache_dir) / name
 
 
-def prepare(text_path: str | Path, out_dir: str | Path, tokenizer: str = "char", val_fraction: float = 0.1) -> dict:
-    """Tokenize a UTF-8 text file into ``train.bin`` / ``val.bin`` (first / last part of the text) plus
-    ``tokenizer.json`` and ``meta.json`` in ``out_dir``. Skips the work when ``out_dir`` is up to date."""
+def prepare(text_path: str | Path, out_dir: str | Path, tokenizer: str = "char", val_fraction: float = 0.1,
+            vocab_size: int | None = None, num_proc: int | None = None) -> dict:
+    """Tokenize UTF-8 text into ``train.bin`` / ``val.bin`` (first / last part of the text) plus
+    ``tokenizer.json`` and ``meta.json`` in ``out_dir``. Skips the work when ``out_dir`` is up to date.
+
+    The text is streamed in chunks (files larger than memory work) and encoded in ``num_proc``
+    processes; tokenizers with an end-of-text token get one after each document (file)."""
     text_path, out_dir = Path(text_path), Path(out_dir)
-    if not text_path.is_file():
-        raise UserError(f"data file not found: {text_path}; set data.text_path to a UTF-8 text file")
+    files = text_files(text_path)
     if not 0 < val_fraction < 1:
         raise UserError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
-    stat = text_path.stat()
-    source = {"path": str(text_path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-              "tokenizer": tokenizer, "val_fraction": val_fraction}
+    source = {"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+              "tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": val_fraction}
     meta_path = out_dir / "meta.json"
     if meta_path.is_file() and json.loads(meta_path.read_text()).get("source") == source:
         return json.loads(meta_path.read_text())
 
-    n_chars = sum(len(chunk) for chunk in read_chunks(text_path))
+    n_chars = sum(len(chunk) for chunk, _ in read_documents(files))
     if n_chars == 0:
         raise UserError(f"data file is empty: {text_path}")
-    tok = fit_tokenizer(tokenizer, read_chunks(text_path))
+    tok = fit_tokenizer(tokenizer, (chunk for chunk, _ in read_documents(files)), vocab_size)
     dtype = token_dtype(tok.vocab_size)
     out_dir.mkdir(parents=True, exist_ok=True)
-    counts = _write_splits(text_path, out_dir, tok, dtype, split_at=int(n_chars * (1 - val_fraction)))
-    (out_dir / "tokenizer.json").write_text(json.dumps(tok.to_dict()))
+    pieces = _split_pieces(read_documents(files), split_at=int(n_chars * (1 - val_fraction)))
+    num_proc = min(num_proc or os.cpu_count() or 1, n_chars // CHUNK_CHARS + 1)
+    counts = _write_token_files(pieces, out_dir, tok, dtype, n_chars, num_proc)
+    _atomic_write_text(out_dir / "tokenizer.json", json.dumps(tok.to_dict()))
     meta = {"source": source, "dtype": dtype.name, "vocab_size": tok.vocab_size, **counts}
     _atomic_write_text(meta_path, json.dumps(meta, indent=2))
     return meta
 
 
-def _write_splits(text_path: Path, out_dir: Path, tok, dtype: np.dtype, split_at: int) -> dict:
-    """Encode chunk by chunk; characters before ``split_at`` go to train.bin, the rest to val.bin."""
+def _split_pieces(documents: Iterator[tuple[str, bool]], split_at: int) -> Iterator[tuple[str, str, bool]]:
+    """(split name, text, end of document) with characters before ``split_at`` in "train", the rest in "val"."""
+    position = 0
+    for chunk, document_ends in documents:
+        cut = min(max(split_at - position, 0), len(chunk))
+        if cut:
+            yield "train", chunk[:cut], document_ends and cut == len(chunk)
+        if cut < len(chunk):
+            yield "val", chunk[cut:], document_ends
+        position += len(chunk)
+
+
+_worker_tokenizer = None
+
+
+def _start_worker(tokenizer_dict: dict) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer_from_dict(tokenizer_dict)
+
+
+def _encode_piece(piece: tuple[str, str, bool]) -> tuple[str, list[int], int]:
+    split, text, document_ends = piece
+    ids = _worker_tokenizer.encode(text)
+    if document_ends and _worker_tokenizer.eot_id is not None:
+        ids.append(_worker_tokenizer.eot_id)
+    return split, ids, len(text)
+
+
+def _write_token_files(pieces: Iterator[tuple[str, str, bool]], out_dir: Path, tok, dtype: np.dtype,
+                       n_chars: int, num_proc: int) -> dict:
+    """Encode pieces in parallel, a few at a time so memory stays bounded, and append them in order."""
     files = {name: open(out_dir / f"{name}.bin.tmp", "wb") for name in ("train", "val")}
     counts = {"train_tokens": 0, "val_tokens": 0}
-    position = 0
+    progress = tqdm(total=n_chars, unit="char", unit_scale=True, desc=f"tokenizing ({tok.kind})",
+                    disable=n_chars <= CHUNK_CHARS)
     try:
-        for chunk in read_chunks(text_path):
-            cut = min(max(split_at - position, 0), len(chunk))
-            for name, part in (("train", chunk[:cut]), ("val", chunk[cut:])):
-                if part:
-                    ids = np.asarray(tok.encode(part), dtype=dtype)
-                    ids.tofile(files[name])
-                    counts[f"{name}_tokens"] += len(ids)
-            position += len(chunk)
+        with multiprocessing.get_context("fork").Pool(num_proc, _start_worker, (tok.to_dict(),)) as pool:
+            while batch := list(itertools.islice(pieces, 2 * num_proc)):
+                for split, ids, n in pool.map(_encode_piece, batch):
+                    np.asarray(ids, dtype=dtype).tofile(files[split])
+                    counts[f"{split}_tokens"] += len(ids)
+                    progress.update(n)
     finally:
+        progress.close()
         for f in files.values():
             f.close()
     for name in files:
@@ -151,20 +211,21 @@ class TokenDataModule(L.LightningDataModule):
     """Random training windows and fixed validation windows from a text file tokenized once to disk."""
 
     def __init__(self, text_path: str, cache_dir: str, block_size: int, batch_size: int,
-                 tokenizer: str = "char", val_fraction: float = 0.1, val_windows: int | None = 2000,
+                 tokenizer: str = "char", vocab_size: int | None = None, val_fraction: float = 0.1,
+                 val_windows: int | None = 2000,
                  num_workers: int = 0, seed: int = 1337):
         super().__init__()
         if block_size <= 0 or batch_size <= 0:
             raise UserError(f"block_size and batch_size must be positive, got {block_size} and {batch_size}")
         self.text_path = Path(text_path)
-        self.data_dir = prepared_dir(cache_dir, text_path, tokenizer)
-        self.tokenizer_kind, self.val_fraction = tokenizer, val_fraction
+        self.data_dir = prepared_dir(cache_dir, text_path, tokenizer, vocab_size)
+        self.tokenizer_kind, self.vocab_size, self.val_fraction = tokenizer, vocab_size, val_fraction
         self.block_size, self.batch_size = block_size, batch_size
         self.val_windows, self.num_workers, self.seed = val_windows, num_workers, seed
         self.meta: dict | None = None
 
     def prepare_data(self) -> None:
-        prepare(self.text_path, self.data_dir, self.tokenizer_kind, self.val_fraction)
+        prepare(self.text_path, self.data_dir, self.tokenizer_kind, self.val_fraction, self.vocab_size)
 
     def setup(self, stage: str | None = None) -> None:
         self.meta = json.loads((self.data_dir / "meta.json").read_text())

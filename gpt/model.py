@@ -109,6 +109,19 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None) -> 
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
 
 
+def count_parameters(model: nn.Module) -> int:
+    """Trainable weights, tied embeddings counted once and vocabulary padding rows not at all."""
+    n = sum(p.numel() for p in model.parameters())
+    config = getattr(model, "config", None)
+    if isinstance(config, GPTConfig):
+        n -= (config.padded_vocab_size - config.vocab_size) * config.n_embd * (1 if config.tie_weights else 2)
+    return n
+
+
+def format_count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
 class Bigram(Generator):
     def __init__(self, config: BigramConfig):
         super().__init__()
@@ -184,7 +197,7 @@ class MLP(nn.Module):
             gate, value = h.chunk(2, dim=-1)
             h = F.silu(gate) * value
         else:
-            h = F.gelu(h)
+            h = F.gelu(h, approximate="tanh")  # GPT-2's GELU
         return self.dropout(self.proj(h))
 
 
@@ -225,12 +238,6 @@ class GPT(Generator):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def num_params(self, exclude_positions: bool = False) -> int:
-        """Parameter count, tied embeddings counted once."""
-        n = sum(p.numel() for p in self.parameters())
-        if exclude_positions and self.wpe is not None:
-            n -= self.wpe.weight.numel()
-        return n
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         T = idx.size(1)

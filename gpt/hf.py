@@ -1,0 +1,133 @@
+"""GPT-2 weights in Hugging Face's format (``GPT2LMHeadModel``) to our ``GPT`` and back.
+
+HF's GPT-2 stores its linear layers as ``Conv1D`` with weights of shape (in, out): they are
+transposed on the way in and out. Our embedding may be padded to a multiple of 64 rows; the padding
+rows are zero on import and dropped on export.
+"""
+
+from pathlib import Path
+
+import torch
+
+from gpt import UserError
+
+# our name -> HF name, with {i} the layer number
+_LAYER_NAMES = {
+    "norm1.weight": "ln_1.weight", "norm1.bias": "ln_1.bias",
+    "attn.qkv.weight": "attn.c_attn.weight", "attn.qkv.bias": "attn.c_attn.bias",
+    "attn.proj.weight": "attn.c_proj.weight", "attn.proj.bias": "attn.c_proj.bias",
+    "norm2.weight": "ln_2.weight", "norm2.bias": "ln_2.bias",
+    "mlp.fc.weight": "mlp.c_fc.weight", "mlp.fc.bias": "mlp.c_fc.bias",
+    "mlp.proj.weight": "mlp.c_proj.weight", "mlp.proj.bias": "mlp.c_proj.bias",
+}
+_TOP_NAMES = {"wte.weight": "wte.weight", "wpe.weight": "wpe.weight",
+              "norm_f.weight": "ln_f.weight", "norm_f.bias": "ln_f.bias"}
+_CONV1D = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc.weight", "mlp.proj.weight")
+
+
+def name_map(n_layer: int) -> dict[str, str]:
+    names = dict(_TOP_NAMES)
+    for i in range(n_layer):
+        names.update({f"blocks.{i}.{ours}": f"h.{i}.{theirs}" for ours, theirs in _LAYER_NAMES.items()})
+    return names
+
+
+def read_hf_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from a ``.safetensors`` or ``.bin`` file, or a directory holding ``model.safetensors``
+    or ``pytorch_model.bin``, with the ``transformer.`` prefix removed."""
+    path = Path(path)
+    if path.is_dir():
+        path = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), path)
+    if not path.is_file():
+        raise UserError(f"Hugging Face weights not found: {path}; pass a .safetensors/.bin file or its directory")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"cannot read Hugging Face weights from {path} ({type(e).__name__}: {e})") from None
+    return {key.removeprefix("transformer."): value for key, value in state.items()}
+
+
+def from_hf(hf_state: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+    """A state dict for ``model`` (our GPT) from HF GPT-2 weights; shapes are checked first."""
+    ours = model.state_dict()
+    state = {}
+    for our_name, hf_name in name_map(model.config.n_layer).items():
+        if hf_name not in hf_state:
+            raise UserError(f"the Hugging Face weights have no tensor {hf_name!r}; is this a GPT-2 checkpoint?")
+        tensor = hf_state[hf_name]
+        if our_name.endswith(_CONV1D):
+            tensor = tensor.t()
+        if our_name == "wte.weight":
+            tensor = _pad_rows(tensor, ours[our_name].shape[0])
+        if our_name == "wpe.weight" and tensor.shape[0] > ours[our_name].shape[0]:
+            tensor = tensor[: ours[our_name].shape[0]]  # crop_block_size: keep the first positions
+        if tensor.shape != ours[our_name].shape:
+            raise UserError(f"shape mismatch at {hf_name}: the weights have {tuple(tensor.shape)}, the model "
+                            f"expects {tuple(ours[our_name].shape)}; choose the model config that matches them")
+        state[our_name] = tensor.to(ours[our_name].dtype)
+    state["lm_head.weight"] = state["wte.weight"]
+    return state
+
+
+def to_hf(model) -> dict[str, torch.Tensor]:
+    """HF ``GPT2LMHeadModel`` weights (``transformer.`` prefix, Conv1D layout) from our GPT."""
+    config = model.config
+    if config.pos != "learned" or config.mlp != "gelu" or config.norm != "layernorm" or not config.bias:
+        raise UserError("only GPT-2-shaped models (learned positions, GELU, LayerNorm, bias) export to GPT-2 format")
+    ours = model.state_dict()
+    hf = {}
+    for our_name, hf_name in name_map(config.n_layer).items():
+        tensor = ours[our_name]
+        if our_name.endswith(_CONV1D):
+            tensor = tensor.t()
+        if our_name == "wte.weight":
+            tensor = tensor[: config.vocab_size]
+        hf[f"transformer.{hf_name}"] = tensor.contiguous().clone()
+    return hf  # lm_head.weight is tied to wte in GPT-2, so HF leaves it out of its files too
+
+
+def save_hf(model, out_dir: str | Path) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` that ``GPT2LMHeadModel.from_pretrained`` reads."""
+    import json
+
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(to_hf(model), out_dir / "model.safetensors", metadata={"format": "pt"})
+    c = model.config
+    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
+              "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head,
+              "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True}
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    return out_dir
+
+
+def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    if tensor.shape[0] >= rows:
+        return tensor
+    return torch.cat([tensor, tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m gpt.hf CKPT OUT_DIR``: export one of our checkpoints to Hugging Face GPT-2 format."""
+    import argparse
+
+    from gpt.checkpoint import model_from_checkpoint
+    from gpt.cli import report_user_errors
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("ckpt_path")
+    parser.add_argument("out_dir")
+    args = parser.parse_args(argv)
+    with report_user_errors():
+        model, _, _ = model_from_checkpoint(args.ckpt_path)
+        print(f"wrote {save_hf(model, args.out_dir)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""GPT-2 family: BPE data, configs and parameter counts, Hugging Face weight interop, init_from."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from gpt import UserError
+from gpt.checkpoint import load_initial_weights
+from gpt.data import prepare, token_dtype
+from gpt.hf import from_hf, read_hf_state_dict, save_hf
+from gpt.model import GPTConfig, count_parameters
+from gpt.tokenizers import fit_tokenizer, tokenizer_from_dict
+
+from conftest import REPO, SHAKESPEARE, train_tiny
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("name, published", [("gpt2", 124_439_808), ("gpt2-medium", 354_823_168),
+                                             ("gpt2-large", 774_030_080), ("gpt2-xl", 1_557_611_200)])
+def test_gpt2_parameter_counts(name, published):
+    config = instantiate(OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml"), vocab_size=50257)
+    assert config.padded_vocab_size == 50304
+    with torch.device("meta"):
+        assert count_parameters(config.build()) == published
+
+
+def test_tokenizer_kinds_share_one_interface():
+    text = "Hello world, <|endoftext|> héllo 👋"
+    gpt2 = fit_tokenizer("gpt2", [])
+    assert gpt2.encode("Hello world") == [15496, 995] and gpt2.eot_id == 50256
+    bpe = fit_tokenizer("bpe", [SHAKESPEARE.read_text()[:100_000]], vocab_size=300)
+    for tok in (gpt2, bpe):
+        again = tokenizer_from_dict(tok.to_dict())
+        assert again.decode(again.encode(text)) == text and again.encode(text) == tok.encode(text)
+    with pytest.raises(UserError, match="vocab_size must be at least 259"):
+        fit_tokenizer("bpe", ["some text"], vocab_size=100)
+
+
+def test_prepare_with_gpt2_appends_end_of_text(tmp_path):
+    meta = prepare(SHAKESPEARE, tmp_path, tokenizer="gpt2")
+    assert (meta["train_tokens"], meta["val_tokens"]) == (301_966, 36_060)  # nanoGPT's split, plus <|endoftext|>
+    val = np.memmap(tmp_path / "val.bin", dtype=meta["dtype"], mode="r")
+    assert meta["dtype"] == "uint16" and val[-1] == 50256
+    assert token_dtype(50257) == np.uint16 and token_dtype(100_277) == np.uint32
+
+
+def test_prepare_a_directory_of_documents(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"{i}.txt").write_text(f"Document number {i}.\n" * 20)
+    meta = prepare(docs, tmp_path / "out", tokenizer="gpt2", num_proc=2)
+    tokens = np.concatenate([np.fromfile(tmp_path / "out" / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
+    assert (tokens == 50256).sum() == 3 and tokens[-1] == 50256
+    assert meta["train_tokens"] + meta["val_tokens"] == len(tokens)
+
+
+def small_hf_model(vocab_size=100, n_positions=32):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=64, n_layer=2, n_head=4,
+                                     resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def our_config(**changes):
+    return GPTConfig(**{"vocab_size": 100, "block_size": 32, "n_layer": 2, "n_head": 4, "n_embd": 64,
+                        "pad_vocab_multiple": 64, **changes})
+
+
+def test_hf_import_matches_hf_logits(tmp_path):
+    hf = small_hf_model()
+    hf.save_pretrained(tmp_path)
+    model = our_config().build().eval()
+    model.load_state_dict(from_hf(read_hf_state_dict(tmp_path), model))
+    idx = torch.randint(0, 100, (3, 32))
+    with torch.no_grad():
+        ours, theirs = model(idx)[..., :100], hf(idx).logits
+    assert (ours - theirs).abs().max().item() <= 1e-5
+
+
+def test_export_loads_back_into_hf(tmp_path):
+    torch.manual_seed(1)
+    model = our_config().build().eval()
+    save_hf(model, tmp_path)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    idx = torch.randint(0, 100, (2, 16))
+    with torch.no_grad():
+        assert (model(idx)[..., :100] - hf(idx).logits).abs().max().item() <= 1e-5
+
+
+def test_hf_shape_mismatch_names_the_tensor(tmp_path):
+    small_hf_model().save_pretrained(tmp_path)
+    model = our_config(n_embd=32, n_head=4).build()
+    with pytest.raises(UserError, match="shape mismatch at wte.weight"):
+        from_hf(read_hf_state_dict(tmp_path), model)
+
+
+def test_init_from_crops_block_size(tmp_path):
+    small_hf_model(vocab_size=50257, n_positions=64).save_pretrained(tmp_path)
+    model = our_config(vocab_size=50257, block_size=16).build()
+    load_initial_weights(model, str(tmp_path), fit_tokenizer("gpt2", []))
+    hf_wpe = read_hf_state_dict(tmp_path)["wpe.weight"]
+    assert torch.equal(model.wpe.weight, hf_wpe[:16])
+
+
+def test_fine_tune_from_hf_weights_on_bpe_data(tmp_path):
+    small_hf_model(vocab_size=50257, n_positions=64).save_pretrained(tmp_path / "hf")
+    model = ["model=gpt2", "model.n_layer=2", "model.n_head=4", "model.n_embd=64", "model.block_size=32"]
+    result = train_tiny(tmp_path / "run", "data=shakespeare_bpe", f"init_from={tmp_path / 'hf'}",
+                        "trainer.max_steps=10", "trainer.val_check_interval=10", model=model)
+    assert result.returncode == 0, result.stderr
+    assert "initialised the weights from" in (tmp_path / "run" / "train.log").read_text()
+    export = subprocess.run([sys.executable, "-m", "gpt.hf", str(tmp_path / "run" / "checkpoints" / "last.ckpt"),
+                             str(tmp_path / "export")], cwd=REPO, capture_output=True, text=True)
+    assert export.returncode == 0, export.stderr
+    assert transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "export").config.n_layer == 2
+
+
+def test_checkpoint_of_another_tokenizer_is_refused(tiny_run, tmp_path):
+    ckpt = tiny_run / "checkpoints" / "best.ckpt"  # trained on characters
+    result = train_tiny(tmp_path / "run", "data=shakespeare_bpe", f"init_from={ckpt}")
+    assert result.returncode == 2
+    assert "was trained with the char tokenizer (65 tokens) but the data uses the gpt2 tokenizer" in result.stderr
