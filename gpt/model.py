@@ -42,6 +42,7 @@ class GPTConfig:
     mlp: str = "gelu"
     norm: str = "layernorm"
     rope_base: float = 10000.0
+    causal: bool = True  # False: bidirectional attention, for masked-LM training
 
     def __post_init__(self):
         _check_positive(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
@@ -82,23 +83,90 @@ class BigramConfig:
         return Bigram(self)
 
 
+class KVCache:
+    """Keys and values of every layer for the positions seen so far, so each new token costs one step."""
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, length: int, head_dim: int,
+                 device: torch.device, dtype: torch.dtype):
+        shape = (n_layer, batch, n_head, length, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # slots filled
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's keys/values (B, H, T, D) after the filled slots; return all filled slots."""
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
 class Generator(nn.Module):
-    """Autoregressive sampling for any model mapping token ids (B, T) to logits (B, T, V)."""
+    """Autoregressive sampling for a model mapping token ids (B, T) to logits (B, T, V).
+
+    Prompts of different lengths go in one batch, left-padded, with an attention mask. Models with a
+    ``new_cache`` method keep a KV cache: once it holds ``block_size`` tokens it is refilled with the
+    last half of the context, so generation can run past the context length."""
 
     block_size: int
     vocab_size: int
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None) -> torch.Tensor:
-        for _ in range(max_new_tokens):
-            logits = self(idx[:, -self.block_size:])[:, -1, : self.vocab_size]
-            next_id = sample_next(logits, temperature, top_k)
-            idx = torch.cat([idx, next_id], dim=1)
-        return idx
+    def generate(self, prompts: list[list[int]] | torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, eot_id: int | None = None,
+                 use_cache: bool = True) -> list[list[int]]:
+        """Each prompt followed by its new tokens (up to and including ``eot_id`` when it comes)."""
+        idx, mask = left_pad(prompts, next(self.parameters()).device)
+        prompt_width, cache = idx.size(1), None
+        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        for step in range(max_new_tokens):
+            if use_cache and hasattr(self, "new_cache"):
+                if cache is None or cache.length == self.block_size:
+                    keep = self.block_size if cache is None else self.block_size // 2
+                    cache = self.new_cache(idx.size(0))
+                    logits = self(idx[:, -keep:], attention_mask=mask[:, -keep:], cache=cache)
+                else:
+                    logits = self(idx[:, -1:], attention_mask=mask[:, -cache.length - 1:], cache=cache)
+            else:
+                logits = self(idx[:, -self.block_size:], attention_mask=mask[:, -self.block_size:])
+            next_id = sample_next(logits[:, -1, : self.vocab_size], temperature, top_k, top_p)
+            idx, mask = torch.cat([idx, next_id], dim=1), F.pad(mask, (0, 1), value=True)
+            if eot_id is not None:
+                finished |= next_id.squeeze(1) == eot_id
+                if finished.all():
+                    break
+        return [strip_generated(row[m].tolist(), int(m[:prompt_width].sum()), eot_id)
+                for row, m in zip(idx, mask)]
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
+def left_pad(prompts: list[list[int]] | torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of shape (B, longest prompt), prompts aligned to the right."""
+    if isinstance(prompts, torch.Tensor):
+        return prompts.to(device), torch.ones_like(prompts, dtype=torch.bool, device=device)
+    if not prompts or min(len(p) for p in prompts) == 0:
+        raise ValueError("every prompt needs at least one token")
+    width = max(len(p) for p in prompts)
+    idx = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        idx[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = True
+    return idx.to(device), mask.to(device)
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position of each token counted over the real (unmasked) tokens of its row."""
+    return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def strip_generated(ids: list[int], prompt_length: int, eot_id: int | None) -> list[int]:
+    if eot_id is not None and eot_id in ids[prompt_length:]:
+        return ids[: ids.index(eot_id, prompt_length) + 1]
+    return ids
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                top_p: float | None = None) -> torch.Tensor:
     """One token id per row of ``logits`` (B, V); temperature 0 means greedy."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
@@ -106,6 +174,11 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None) -> 
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        before = sorted_logits.softmax(dim=-1).cumsum(dim=-1) - sorted_logits.softmax(dim=-1)
+        drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before > top_p)
+        logits = logits.masked_fill(drop, float("-inf"))  # keep the smallest set whose mass reaches top_p
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
 
 
@@ -130,7 +203,7 @@ class Bigram(Generator):
         self.vocab_size = config.vocab_size
         self.logits_table = nn.Embedding(config.vocab_size, config.vocab_size)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, **_) -> torch.Tensor:
         return self.logits_table(idx)
 
 
@@ -150,10 +223,9 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """x: (B, H, T, D) for positions start .. start+T-1."""
-        T = x.size(-2)
-        cos, sin = self.cos[start:start + T], self.sin[start:start + T]
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, T, D); positions: (B, T)."""
+        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
         x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
         rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
         return rotated.flatten(-2).type_as(x)
@@ -169,14 +241,17 @@ class SelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.rotary = Rotary(config) if config.pos == "rope" else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+                cache: KVCache | None, layer: int) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
                    for t in self.qkv(x).split(C, dim=2))
         if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=True)
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
         return self.resid_dropout(self.proj(y.transpose(1, 2).contiguous().view(B, T, C)))
 
 
@@ -207,8 +282,8 @@ class Block(nn.Module):
         self.norm1, self.attn = _norm(config), SelfAttention(config)
         self.norm2, self.mlp = _norm(config), MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, *attention_args) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), *attention_args)
         return x + self.mlp(self.norm2(x))
 
 
@@ -239,14 +314,44 @@ class GPT(Generator):
             nn.init.zeros_(module.bias)
 
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        T = idx.size(1)
-        if T > self.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size={self.block_size}")
+    def new_cache(self, batch: int) -> KVCache:
+        c, weight = self.config, self.wte.weight
+        return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.head_dim, weight.device, weight.dtype)
+
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, T, padded vocab) for token ids ``idx`` (B, T).
+
+        attention_mask: (B, keys) with True at real tokens; keys are the cached tokens then ``idx``.
+        positions: (B, T) position of each token; by default counted over the real tokens."""
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.block_size:
+            raise ValueError(f"sequence of length {past + T} is longer than block_size={self.block_size}")
+        if positions is None:
+            positions = (positions_from_mask(attention_mask)[:, -T:] if attention_mask is not None
+                         else torch.arange(T, device=idx.device).expand(B, T))
+        mask, is_causal = self._attention_mask(attention_mask, B, T, past, idx.device)
         x = self.wte(idx)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(T, device=idx.device))
+            x = x + self.wpe(positions)
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, positions, mask, is_causal, cache, layer)
+        if cache is not None:
+            cache.length += T
         return self.lm_head(self.norm_f(x))
+
+    def _attention_mask(self, attention_mask: torch.Tensor | None, B: int, T: int, past: int,
+                        device: torch.device) -> tuple[torch.Tensor | None, bool]:
+        """(boolean mask (B, 1, T, past+T) or None, is_causal) for scaled_dot_product_attention."""
+        if attention_mask is None and past == 0:
+            return None, self.config.causal  # the fast path: no mask tensor
+        keys = torch.ones(B, past + T, dtype=torch.bool, device=device) if attention_mask is None else attention_mask
+        mask = keys[:, None, None, :].expand(B, 1, T, past + T)
+        query_slot = torch.arange(past, past + T, device=device)[:, None]
+        key_slot = torch.arange(past + T, device=device)[None, :]
+        if self.config.causal:
+            mask = mask & (key_slot <= query_slot)
+        # a padding query that sees no key would give NaN: let it see itself (its output is ignored)
+        return mask | (key_slot == query_slot), False

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from gpt import UserError
-from gpt.model import BigramConfig, GPTConfig, count_parameters
+from gpt.model import BigramConfig, GPTConfig, count_parameters, sample_next
 
 
 def tiny_gpt(**options) -> GPTConfig:
@@ -40,11 +40,58 @@ def test_vocab_padding():
 
 def test_generate_crops_long_context():
     torch.manual_seed(0)
-    for model in (tiny_gpt().build(), BigramConfig(vocab_size=50, block_size=8).build()):
+    for model in (tiny_gpt().build(), tiny_gpt(pos="rope").build(), BigramConfig(vocab_size=50, block_size=8).build()):
         prompt = torch.randint(0, 50, (2, 40))  # longer than block_size
-        out = model.generate(prompt, max_new_tokens=5, temperature=0.8, top_k=10)
-        assert out.shape == (2, 45) and torch.equal(out[:, :40], prompt)
-        assert out.max() < 50
+        for use_cache in (True, False):
+            out = model.generate(prompt, max_new_tokens=30, temperature=0.8, top_k=10, top_p=0.9, use_cache=use_cache)
+            assert [len(row) for row in out] == [70, 70] and out[0][:40] == prompt[0].tolist()
+            assert max(max(row) for row in out) < 50
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_kv_cache_gives_the_same_greedy_tokens(pos):
+    torch.manual_seed(0)
+    model = tiny_gpt(pos=pos, block_size=32).build().eval()
+    prompts = [[1, 2, 3, 4, 5], [7, 8], [9]]  # different lengths share one left-padded batch
+    cached = model.generate(prompts, max_new_tokens=20, temperature=0, use_cache=True)
+    recomputed = model.generate(prompts, max_new_tokens=20, temperature=0, use_cache=False)
+    assert cached == recomputed
+    alone = [model.generate([p], max_new_tokens=20, temperature=0)[0] for p in prompts]
+    assert cached == alone  # padding next to longer prompts changes nothing
+
+
+def test_generation_stops_at_end_token():
+    model = tiny_gpt().build().eval()
+    first = model.generate([[1, 2]], max_new_tokens=10, temperature=0)[0]
+    eot = first[4]  # pretend the third new token is the end token
+    out = model.generate([[1, 2]], max_new_tokens=10, temperature=0, eot_id=eot)[0]
+    assert out[-1] == eot and len(out) <= 5 and out == first[: len(out)]
+
+
+def test_top_p_keeps_the_nucleus():
+    logits = torch.tensor([[5.0, 4.0, 0.0, -1.0]])
+    assert all(sample_next(logits, 1.0, top_p=0.01).item() == 0 for _ in range(20))
+    assert {sample_next(logits, 1.0, top_p=0.9).item() for _ in range(200)} == {0, 1}
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_padding_does_not_change_real_positions(causal):
+    torch.manual_seed(0)
+    model = tiny_gpt(causal=causal).build().eval()
+    short, long = torch.randint(0, 50, (1, 6)), torch.randint(0, 50, (1, 12))
+    batch = torch.cat([torch.cat([short, torch.zeros(1, 6, dtype=torch.long)], dim=1), long])
+    mask = torch.tensor([[True] * 6 + [False] * 6, [True] * 12])  # right padding, as in training batches
+    padded = model(batch, attention_mask=mask)
+    assert torch.allclose(padded[0, :6], model(short)[0], atol=1e-5)
+    assert torch.allclose(padded[1], model(long)[0], atol=1e-5)
+
+
+def test_bidirectional_attention_sees_the_future():
+    model = tiny_gpt(causal=False).build().eval()
+    idx = torch.randint(0, 50, (1, 16))
+    changed = idx.clone()
+    changed[0, 10] = (changed[0, 10] + 1) % 50
+    assert not torch.allclose(model(idx)[0, :10], model(changed)[0, :10])
 
 
 @pytest.mark.parametrize("options, message", [
