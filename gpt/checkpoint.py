@@ -1,15 +1,40 @@
-"""Reading checkpoints written by train.py: they carry the resolved config and the tokenizer."""
+"""Checkpoints written by train.py (they carry the resolved config and the tokenizer): saving them
+atomically, finding the one to resume from, and loading weights from them."""
 
+import logging
+import os
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gpt import UserError
 from gpt.hf import from_hf, read_hf_state_dict
 from gpt.tokenizers import tokenizer_from_dict
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside it, then renames it into place, so a process
+    killed while saving (or a full disk) leaves the previous checkpoint whole."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"could not save checkpoint {path}: {e.strerror or e}; the previous one is kept") from None
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -23,6 +48,22 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(checkpoint, dict) or "gpt" not in checkpoint:
         raise UserError(f"{path} was not written by this project's train.py (it has no config or tokenizer)")
     return checkpoint
+
+
+def find_resume_checkpoint(checkpoint_dir: Path) -> Path:
+    """The checkpoint to resume from: ``last.ckpt``, or, if it is unreadable, the newest readable one."""
+    candidates = sorted(checkpoint_dir.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
+    for path in candidates:
+        try:
+            load_checkpoint(path)
+        except UserError as e:
+            log.warning("skipping %s: %s", path.name, e)
+            continue
+        if path.name != "last.ckpt":
+            log.warning("resuming from %s instead of last.ckpt", path)
+        return path
+    raise UserError(f"no readable checkpoint in {checkpoint_dir} to resume from; "
+                    "run in the directory of an earlier run (hydra.run.dir=...) or pass ckpt_path=<file>")
 
 
 def model_state(state_dict: dict) -> dict:

@@ -241,11 +241,13 @@ class TokenDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
+        accumulate = trainer.accumulate_grad_batches if trainer else 1
         dataset = RandomWindows(
             self.data_dir / "train.bin", self.meta["dtype"], self.block_size, self.batch_size, self.seed,
             rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
-            accumulate=trainer.accumulate_grad_batches if trainer else 1,
-            start_batch=trainer.fit_loop.epoch_loop.batch_progress.total.completed if trainer else 0)
+            accumulate=accumulate,
+            # a resumed run goes on with the batch after the last optimizer step of its checkpoint
+            start_batch=trainer.global_step * accumulate if trainer else 0)
         return self._loader(dataset, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:

@@ -7,7 +7,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gpt.checkpoint import check_tokenizer, load_checkpoint, load_initial_weights
+from gpt import UserError
+from gpt.checkpoint import check_tokenizer, find_resume_checkpoint, load_checkpoint, load_initial_weights
 from gpt.model import count_parameters, format_count
 
 log = logging.getLogger(__name__)
@@ -18,11 +19,46 @@ def instantiate_group(group: DictConfig | None) -> list:
     return [instantiate(node) for node in (group or {}).values() if node is not None]
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Values that the libraries would accept but that make no sense for a training run."""
+    if not cfg.optim.lr > 0:
+        raise UserError(f"optim.lr must be positive, got {cfg.optim.lr}")
+    if not cfg.trainer.max_steps > 0:
+        raise UserError(f"trainer.max_steps must be positive, got {cfg.trainer.max_steps}")
+    interval = cfg.trainer.val_check_interval
+    if isinstance(interval, int) and not 0 < interval <= cfg.trainer.max_steps * cfg.trainer.accumulate_grad_batches:
+        raise UserError(f"trainer.val_check_interval={interval} must be between 1 and the number of training "
+                        f"batches ({cfg.trainer.max_steps} steps x {cfg.trainer.accumulate_grad_batches}), "
+                        "or the run never validates")
+
+
+def prepare_output_dir(output_dir: Path) -> None:
+    """Fail before training, not at the first checkpoint, when the run directory is not writable."""
+    probe = output_dir / ".write-test"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to the run directory {output_dir} ({e.strerror or e}); "
+                        "choose another with hydra.run.dir=...") from None
+
+
+def resume_path(cfg: DictConfig) -> Path | None:
+    """``ckpt_path=last`` means the newest good checkpoint of this run directory."""
+    if not cfg.get("ckpt_path"):
+        return None
+    if cfg.ckpt_path == "last":
+        return find_resume_checkpoint(Path(cfg.paths.output_dir) / "checkpoints")
+    return Path(cfg.ckpt_path)
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train the configured model and return the best validation loss (the value sweeps optimise)."""
-    L.seed_everything(cfg.seed, workers=True)
+    check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(output_dir)
+    L.seed_everything(cfg.seed, workers=True)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
     datamodule = instantiate(cfg.data)
@@ -38,12 +74,14 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("init_from"):
         load_initial_weights(lm.model, cfg.init_from, tokenizer)
         log.info("initialised the weights from %s", cfg.init_from)
-    if cfg.get("ckpt_path"):
-        check_tokenizer(load_checkpoint(cfg.ckpt_path)["gpt"]["tokenizer"], tokenizer, f"ckpt_path={cfg.ckpt_path}")
+    ckpt_path = resume_path(cfg)
+    if ckpt_path:
+        check_tokenizer(load_checkpoint(ckpt_path)["gpt"]["tokenizer"], tokenizer, f"ckpt_path={ckpt_path}")
+        log.info("resuming from %s", ckpt_path)
 
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
                                      logger=instantiate_group(cfg.get("logger")))
-    trainer.fit(lm, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(lm, datamodule=datamodule, ckpt_path=ckpt_path)
 
     checkpoint = trainer.checkpoint_callback
     if checkpoint is None or checkpoint.best_model_score is None:

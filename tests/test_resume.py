@@ -1,0 +1,86 @@
+"""Resume, checkpoint safety and the guards, with real runs of train.py."""
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from conftest import REPO, SHORT_RUN, TINY_GPT, train_tiny
+
+# dropout makes the run depend on the random number generator, which must be restored too
+RESUMABLE = ["model.dropout=0.1", "trainer.max_steps=200", "trainer.val_check_interval=50",
+             "callbacks.periodic_checkpoint.every_n_train_steps=20", "trainer.log_every_n_steps=1"]
+
+
+def train_losses(run_dir) -> dict[int, float]:
+    with open(run_dir / "metrics.csv") as f:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+
+def checkpoint_step(path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+
+
+def start_and_kill_after_first_checkpoint(run_dir) -> int:
+    args = [*TINY_GPT, *SHORT_RUN, *RESUMABLE, f"hydra.run.dir={run_dir}", f"paths.data_dir={run_dir.parent / 'data'}"]
+    process = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        while not last.exists():
+            assert process.poll() is None, "the run ended before its first checkpoint"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL
+    finally:
+        process.kill()
+    return checkpoint_step(last)
+
+
+def test_killed_run_resumes_exactly(tmp_path):
+    full = tmp_path / "full"
+    assert train_tiny(full, *RESUMABLE).returncode == 0
+    killed = tmp_path / "killed"
+    resumed_at = start_and_kill_after_first_checkpoint(killed)
+    assert 0 < resumed_at < 200
+    result = train_tiny(killed, *RESUMABLE, "ckpt_path=last")
+    assert result.returncode == 0, result.stderr
+
+    expected, got = train_losses(full), train_losses(killed)
+    after = [step for step in expected if step >= resumed_at]
+    assert len(after) > 100
+    # CPU kernels are deterministic for the same shapes and thread count, so the match is exact
+    assert [got[s] for s in after] == [expected[s] for s in after]
+    weights = [torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for run in (full, killed)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_truncated_last_checkpoint_falls_back_to_a_good_one(tmp_path):
+    run = tmp_path / "run"
+    assert train_tiny(run).returncode == 0
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # as if the machine died while writing it
+    result = train_tiny(run, "ckpt_path=last", "trainer.max_steps=70")
+    assert result.returncode == 0, result.stderr
+    log = (run / "train.log").read_text()
+    assert "skipping last.ckpt" in log and "resuming from" in log and "best.ckpt" in log
+    assert checkpoint_step(last) == 70
+
+
+def test_resume_without_checkpoints_says_so(tmp_path):
+    result = train_tiny(tmp_path / "fresh", "ckpt_path=last")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no readable checkpoint in")
+
+
+def test_compiled_weights_load_into_an_uncompiled_model(tiny_run, tmp_path):
+    from gpt.checkpoint import model_from_checkpoint, model_state
+
+    model, _, _ = model_from_checkpoint(tiny_run / "checkpoints" / "best.ckpt")
+    compiled_state = {f"model.{k}": v for k, v in torch.compile(model).state_dict().items()}
+    assert all("_orig_mod." in k for k in compiled_state)
+    plain = model_state(compiled_state)
+    assert plain.keys() == model.state_dict().keys()
