@@ -3,3 +3,11 @@
 
 class UserError(Exception):
     """A problem with the user's input or files, reported as one line without a traceback."""
+
+
+def check_positive(name: str, value, kind: type = int) -> None:
+    """Raise a UserError unless ``value`` is a positive int (or, with ``kind=float``, a positive number)."""
+    allowed = (int, float) if kind is float else int
+    if isinstance(value, bool) or not isinstance(value, allowed) or value <= 0:
+        what = "number" if kind is float else "integer"
+        raise UserError(f"{name} must be a positive {what}, got {value!r}")

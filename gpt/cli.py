@@ -3,17 +3,49 @@
 import os
 import sys
 from contextlib import contextmanager
+from pathlib import Path
+
+from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 
 from gpt import UserError
 
 
 @contextmanager
 def report_user_errors():
-    """Turn a UserError into one line on stderr and exit status 2 (the traceback with HYDRA_FULL_ERROR=1)."""
+    """Turn a UserError (also one raised inside Hydra's instantiate) into one line on stderr and exit
+    status 2; HYDRA_FULL_ERROR=1 shows the traceback instead."""
     try:
         yield
-    except UserError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except (UserError, InstantiationException) as e:
+        cause = e if isinstance(e, UserError) else e.__cause__
+        if not isinstance(cause, UserError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(cause))
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_writable(directory: str, override: str) -> None:
+    """Create ``directory`` and write a file in it, or stop with one line naming the problem."""
+    probe = Path(directory) / ".write-test"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        fail(f"cannot write to the output directory {directory} ({e.strerror or e}); choose another with {override}=...")
+
+
+class CheckOutputDir(Callback):
+    """Hydra callback: check the run (or sweep) directory before Hydra writes into it, so that an
+    unwritable or missing location gives one line instead of a traceback."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        check_writable(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        check_writable(config.hydra.sweep.dir, "hydra.sweep.dir")

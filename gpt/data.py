@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from gpt import UserError
+from gpt import UserError, check_positive
 from gpt.tokenizers import fit_tokenizer, tokenizer_from_dict
 
 CHUNK_CHARS = 1 << 20
@@ -73,7 +73,7 @@ def prepare(text_path: str | Path, out_dir: str | Path, tokenizer: str = "char",
     processes; tokenizers with an end-of-text token get one after each document (file)."""
     text_path, out_dir = Path(text_path), Path(out_dir)
     files = text_files(text_path)
-    if not 0 < val_fraction < 1:
+    if not isinstance(val_fraction, float) or not 0 < val_fraction < 1:
         raise UserError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
     source = {"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
               "tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": val_fraction}
@@ -215,8 +215,8 @@ class TokenDataModule(L.LightningDataModule):
                  val_windows: int | None = 2000,
                  num_workers: int = 0, seed: int = 1337):
         super().__init__()
-        if block_size <= 0 or batch_size <= 0:
-            raise UserError(f"block_size and batch_size must be positive, got {block_size} and {batch_size}")
+        check_positive("data.block_size", block_size)
+        check_positive("data.batch_size", batch_size)
         self.text_path = Path(text_path)
         self.data_dir = prepared_dir(cache_dir, text_path, tokenizer, vocab_size)
         self.tokenizer_kind, self.vocab_size, self.val_fraction = tokenizer, vocab_size, val_fraction

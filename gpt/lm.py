@@ -3,10 +3,16 @@
 import math
 from collections.abc import Callable
 
+import logging
+
 import lightning as L
 import torch
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
+
+from gpt import UserError
+
+log = logging.getLogger(__name__)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int, min_lr: float) -> LambdaLR:
@@ -27,11 +33,12 @@ class CausalLM(L.LightningModule):
     """Next-token prediction. ``metadata`` (resolved config, tokenizer) is stored in every checkpoint."""
 
     def __init__(self, model_config, optimizer: Callable, scheduler: Callable | None = None,
-                 metadata: dict | None = None):
+                 metadata: dict | None = None, max_nonfinite_skips: int = 3):
         super().__init__()
         self.model = model_config.build()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.metadata = metadata or {}
+        self.max_nonfinite_skips, self.nonfinite_skips = max_nonfinite_skips, 0
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -41,11 +48,25 @@ class CausalLM(L.LightningModule):
         logits = self.model(inputs)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         loss = self.loss(batch)
+        if not torch.isfinite(loss):
+            return self.skip_nonfinite(loss)
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"])
         return loss
+
+    def skip_nonfinite(self, loss: torch.Tensor) -> None:
+        """Skip a batch whose loss is NaN or infinite (no update); stop once too many were skipped."""
+        self.nonfinite_skips += 1
+        if self.nonfinite_skips > self.max_nonfinite_skips:
+            kept = [cb.last_model_path for cb in self.trainer.checkpoint_callbacks if cb.last_model_path]
+            raise UserError(f"the loss is {loss.item()} at step {self.global_step} ({self.nonfinite_skips} bad batches); "
+                            f"stopped, the last good checkpoint is {kept[0] if kept else 'none yet'}; "
+                            "lower optim.lr or check the data")
+        log.warning("loss is %s at step %d: batch skipped (%d of %d allowed)",
+                    loss.item(), self.global_step, self.nonfinite_skips, self.max_nonfinite_skips)
+        return None
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self.log("val/loss", self.loss(batch), prog_bar=True, sync_dist=True)

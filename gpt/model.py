@@ -1,13 +1,13 @@
 """Decoder GPT and a bigram baseline as plain ``nn.Module``s (no Lightning here)."""
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gpt import UserError
+from gpt import UserError, check_positive
 
 POSITIONS = ("learned", "rope")
 MLPS = ("gelu", "swiglu")
@@ -19,10 +19,14 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise UserError(f"model.{name}={value!r} is not a valid option; choose one of {', '.join(choices)}")
 
 
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if value <= 0:
-            raise UserError(f"model.{name} must be a positive integer, got {value}")
+def _check_fields(config) -> None:
+    """Hydra passes values as written on the command line: check each field's type and sign."""
+    for field in fields(config):
+        value = getattr(config, field.name)
+        if field.type in (int, float) and field.name != "dropout":
+            check_positive(f"model.{field.name}", value, field.type)
+        elif field.type in (bool, str) and not isinstance(value, field.type):
+            raise UserError(f"model.{field.name} must be a {field.type.__name__}, got {value!r}")
 
 
 @dataclass
@@ -45,8 +49,7 @@ class GPTConfig:
     causal: bool = True  # False: bidirectional attention, for masked-LM training
 
     def __post_init__(self):
-        _check_positive(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
-                        n_head=self.n_head, n_embd=self.n_embd, pad_vocab_multiple=self.pad_vocab_multiple)
+        _check_fields(self)
         _check_choice("pos", self.pos, POSITIONS)
         _check_choice("mlp", self.mlp, MLPS)
         _check_choice("norm", self.norm, NORMS)
@@ -54,7 +57,7 @@ class GPTConfig:
             raise UserError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
         if self.pos == "rope" and self.head_dim % 2:
             raise UserError(f"model.pos=rope needs an even head dimension, got n_embd/n_head={self.head_dim}")
-        if not 0 <= self.dropout < 1:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
     @property
@@ -77,7 +80,7 @@ class BigramConfig:
     block_size: int = 64  # only sets the length of training windows and of the context when sampling
 
     def __post_init__(self):
-        _check_positive(vocab_size=self.vocab_size, block_size=self.block_size)
+        _check_fields(self)
 
     def build(self) -> "Bigram":
         return Bigram(self)

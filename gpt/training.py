@@ -7,7 +7,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gpt import UserError
+from gpt import UserError, check_positive
 from gpt.checkpoint import check_tokenizer, find_resume_checkpoint, load_checkpoint, load_initial_weights
 from gpt.model import count_parameters, format_count
 
@@ -21,27 +21,15 @@ def instantiate_group(group: DictConfig | None) -> list:
 
 def check_config(cfg: DictConfig) -> None:
     """Values that the libraries would accept but that make no sense for a training run."""
-    if not cfg.optim.lr > 0:
-        raise UserError(f"optim.lr must be positive, got {cfg.optim.lr}")
-    if not cfg.trainer.max_steps > 0:
-        raise UserError(f"trainer.max_steps must be positive, got {cfg.trainer.max_steps}")
+    check_positive("model.block_size", cfg.model.block_size)
+    check_positive("optim.lr", cfg.optim.lr, float)
+    check_positive("trainer.max_steps", cfg.trainer.max_steps)
+    check_positive("trainer.accumulate_grad_batches", cfg.trainer.accumulate_grad_batches)
     interval = cfg.trainer.val_check_interval
     if isinstance(interval, int) and not 0 < interval <= cfg.trainer.max_steps * cfg.trainer.accumulate_grad_batches:
         raise UserError(f"trainer.val_check_interval={interval} must be between 1 and the number of training "
                         f"batches ({cfg.trainer.max_steps} steps x {cfg.trainer.accumulate_grad_batches}), "
                         "or the run never validates")
-
-
-def prepare_output_dir(output_dir: Path) -> None:
-    """Fail before training, not at the first checkpoint, when the run directory is not writable."""
-    probe = output_dir / ".write-test"
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to the run directory {output_dir} ({e.strerror or e}); "
-                        "choose another with hydra.run.dir=...") from None
 
 
 def resume_path(cfg: DictConfig) -> Path | None:
@@ -57,7 +45,7 @@ def train(cfg: DictConfig) -> float | None:
     """Train the configured model and return the best validation loss (the value sweeps optimise)."""
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    prepare_output_dir(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
