@@ -33,12 +33,20 @@ class CausalLM(L.LightningModule):
     """Next-token prediction. ``metadata`` (resolved config, tokenizer) is stored in every checkpoint."""
 
     def __init__(self, model_config, optimizer: Callable, scheduler: Callable | None = None,
-                 metadata: dict | None = None, max_nonfinite_skips: int = 3):
+                 metadata: dict | None = None, max_nonfinite_skips: int | None = 3, compile: bool | str = "auto"):
         super().__init__()
         self.model = model_config.build()
+        self.compile = compile
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.metadata = metadata or {}
         self.max_nonfinite_skips, self.nonfinite_skips = max_nonfinite_skips, 0
+
+    def configure_model(self) -> None:
+        """torch.compile the model in place (state dict keys unchanged); ``auto``: on CUDA only."""
+        on_gpu = self.trainer.strategy.root_device.type == "cuda"
+        if self.compile is True or (self.compile == "auto" and on_gpu):
+            torch._dynamo.config.suppress_errors = True  # a platform that cannot compile runs eagerly, with a warning
+            self.model.compile()
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -50,7 +58,7 @@ class CausalLM(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         loss = self.loss(batch)
-        if not torch.isfinite(loss):
+        if self.max_nonfinite_skips is not None and not torch.isfinite(loss):  # one host sync per step
             return self.skip_nonfinite(loss)
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"])

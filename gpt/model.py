@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from gpt import UserError, check_positive
 
@@ -47,6 +48,7 @@ class GPTConfig:
     norm: str = "layernorm"
     rope_base: float = 10000.0
     causal: bool = True  # False: bidirectional attention, for masked-LM training
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
 
     def __post_init__(self):
         _check_fields(self)
@@ -340,7 +342,10 @@ class GPT(Generator):
             x = x + self.wpe(positions)
         x = self.drop(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, positions, mask, is_causal, cache, layer)
+            if self.config.activation_checkpointing and self.training:
+                x = checkpoint(block, x, positions, mask, is_causal, cache, layer, use_reentrant=False)
+            else:
+                x = block(x, positions, mask, is_causal, cache, layer)
         if cache is not None:
             cache.length += T
         return self.lm_head(self.norm_f(x))

@@ -4,6 +4,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,6 +31,23 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"trainer.val_check_interval={interval} must be between 1 and the number of training "
                         f"batches ({cfg.trainer.max_steps} steps x {cfg.trainer.accumulate_grad_batches}), "
                         "or the run never validates")
+
+
+def gradient_accumulation(global_batch_size: int, micro_batch_size: int, world_size: int) -> int:
+    """Micro-batches per optimizer step so that each step sees ``global_batch_size`` sequences."""
+    check_positive("global_batch_size", global_batch_size)
+    per_pass = micro_batch_size * world_size
+    if global_batch_size % per_pass:
+        raise UserError(f"global_batch_size={global_batch_size} is not a multiple of data.batch_size={micro_batch_size} "
+                        f"x {world_size} device(s) = {per_pass}; change one of them")
+    return global_batch_size // per_pass
+
+
+def auto_precision(precision: str) -> str:
+    """``auto``: bf16 mixed precision on GPUs that support it, full precision elsewhere."""
+    if precision != "auto":
+        return precision
+    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def resume_path(cfg: DictConfig) -> Path | None:
@@ -67,8 +85,16 @@ def train(cfg: DictConfig) -> float | None:
         check_tokenizer(load_checkpoint(ckpt_path)["gpt"]["tokenizer"], tokenizer, f"ckpt_path={ckpt_path}")
         log.info("resuming from %s", ckpt_path)
 
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls
+    trainer: L.Trainer = instantiate(cfg.trainer, precision=auto_precision(cfg.trainer.precision),
+                                     callbacks=instantiate_group(cfg.get("callbacks")),
                                      logger=instantiate_group(cfg.get("logger")))
+    if cfg.get("global_batch_size"):
+        trainer.accumulate_grad_batches = gradient_accumulation(cfg.global_batch_size, cfg.data.batch_size,
+                                                                trainer.world_size)
+        log.info("global batch %d = %d per device x %d device(s) x %d accumulated", cfg.global_batch_size,
+                 cfg.data.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
     trainer.fit(lm, datamodule=datamodule, ckpt_path=ckpt_path)
 
     checkpoint = trainer.checkpoint_callback

@@ -5,6 +5,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
+from gpt.training import auto_precision
+
 from conftest import REPO
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
@@ -21,7 +23,7 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
     model_config = instantiate(cfg.model, vocab_size=65)
     assert model_config.build().block_size == cfg.data.block_size
     assert instantiate(cfg.data).block_size == model_config.block_size
-    assert instantiate(cfg.trainer).max_steps == cfg.trainer.max_steps
+    assert instantiate(cfg.trainer, precision=auto_precision(cfg.trainer.precision)).max_steps == cfg.trainer.max_steps
 
 
 @pytest.mark.parametrize("model", ["gpt", "bigram"])

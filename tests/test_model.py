@@ -103,3 +103,15 @@ def test_bidirectional_attention_sees_the_future():
 def test_bad_model_config(options, message):
     with pytest.raises(UserError, match=message):
         tiny_gpt(**options)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    idx = torch.randint(0, 50, (2, 16))
+    grads = []
+    for flag in (False, True):
+        torch.manual_seed(1)
+        model = tiny_gpt(activation_checkpointing=flag).build()
+        model(idx).sum().backward()
+        grads.append(model.wte.weight.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
