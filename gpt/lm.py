@@ -7,10 +7,12 @@ import logging
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
 from gpt import UserError
+from gpt.model import Block
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,13 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps
         return lr / base_lr
 
     return LambdaLR(optimizer, lr_factor)
+
+
+def fsdp_strategy(activation_checkpointing: bool = False, **kwargs) -> FSDPStrategy:
+    """FSDP that shards the model block by block (a transformer block is the unit of wrapping)."""
+    blocks = {Block}
+    return FSDPStrategy(auto_wrap_policy=blocks, activation_checkpointing_policy=blocks if activation_checkpointing
+                        else None, **kwargs)
 
 
 class CausalLM(L.LightningModule):

@@ -27,10 +27,9 @@ def check_config(cfg: DictConfig) -> None:
     check_positive("trainer.max_steps", cfg.trainer.max_steps)
     check_positive("trainer.accumulate_grad_batches", cfg.trainer.accumulate_grad_batches)
     interval = cfg.trainer.val_check_interval
-    if isinstance(interval, int) and not 0 < interval <= cfg.trainer.max_steps * cfg.trainer.accumulate_grad_batches:
-        raise UserError(f"trainer.val_check_interval={interval} must be between 1 and the number of training "
-                        f"batches ({cfg.trainer.max_steps} steps x {cfg.trainer.accumulate_grad_batches}), "
-                        "or the run never validates")
+    if isinstance(interval, int) and not 0 < interval <= cfg.trainer.max_steps:
+        raise UserError(f"trainer.val_check_interval={interval} must be between 1 and trainer.max_steps="
+                        f"{cfg.trainer.max_steps}, or the run never validates")
 
 
 def gradient_accumulation(global_batch_size: int, micro_batch_size: int, world_size: int) -> int:
@@ -41,6 +40,18 @@ def gradient_accumulation(global_batch_size: int, micro_batch_size: int, world_s
         raise UserError(f"global_batch_size={global_batch_size} is not a multiple of data.batch_size={micro_batch_size} "
                         f"x {world_size} device(s) = {per_pass}; change one of them")
     return global_batch_size // per_pass
+
+
+def set_batch_semantics(trainer: L.Trainer, cfg: DictConfig) -> None:
+    """Derive the gradient accumulation from ``global_batch_size``, and make ``val_check_interval``
+    count optimizer steps (Lightning counts micro-batches)."""
+    if cfg.get("global_batch_size"):
+        trainer.accumulate_grad_batches = gradient_accumulation(cfg.global_batch_size, cfg.data.batch_size,
+                                                                trainer.world_size)
+        log.info("global batch %d = %d per device x %d device(s) x %d accumulated", cfg.global_batch_size,
+                 cfg.data.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
+    if isinstance(trainer.val_check_interval, int):
+        trainer.val_check_interval *= trainer.accumulate_grad_batches
 
 
 def auto_precision(precision: str) -> str:
@@ -90,16 +101,13 @@ def train(cfg: DictConfig) -> float | None:
     trainer: L.Trainer = instantiate(cfg.trainer, precision=auto_precision(cfg.trainer.precision),
                                      callbacks=instantiate_group(cfg.get("callbacks")),
                                      logger=instantiate_group(cfg.get("logger")))
-    if cfg.get("global_batch_size"):
-        trainer.accumulate_grad_batches = gradient_accumulation(cfg.global_batch_size, cfg.data.batch_size,
-                                                                trainer.world_size)
-        log.info("global batch %d = %d per device x %d device(s) x %d accumulated", cfg.global_batch_size,
-                 cfg.data.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
+    set_batch_semantics(trainer, cfg)
     trainer.fit(lm, datamodule=datamodule, ckpt_path=ckpt_path)
 
     checkpoint = trainer.checkpoint_callback
     if checkpoint is None or checkpoint.best_model_score is None:
         return None
     best = float(checkpoint.best_model_score)
-    print(f"best val/loss {best:.4f}, checkpoint {checkpoint.best_model_path}")
+    if trainer.is_global_zero:
+        print(f"best val/loss {best:.4f}, checkpoint {checkpoint.best_model_path}")
     return best
