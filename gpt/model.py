@@ -123,17 +123,19 @@ class Generator(nn.Module):
         """Each prompt followed by its new tokens (up to and including ``eot_id`` when it comes)."""
         idx, mask = left_pad(prompts, next(self.parameters()).device)
         prompt_width, cache = idx.size(1), None
+        padded = not bool(mask.all())  # without padding, attention needs no mask tensor
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for step in range(max_new_tokens):
             if use_cache and hasattr(self, "new_cache"):
                 if cache is None or cache.length == self.block_size:
                     keep = self.block_size if cache is None else self.block_size // 2
                     cache = self.new_cache(idx.size(0))
-                    logits = self(idx[:, -keep:], attention_mask=mask[:, -keep:], cache=cache)
+                    logits = self(idx[:, -keep:], attention_mask=mask[:, -keep:] if padded else None, cache=cache)
                 else:
-                    logits = self(idx[:, -1:], attention_mask=mask[:, -cache.length - 1:], cache=cache)
+                    window = mask[:, -cache.length - 1:] if padded else None
+                    logits = self(idx[:, -1:], attention_mask=window, cache=cache)
             else:
-                logits = self(idx[:, -self.block_size:], attention_mask=mask[:, -self.block_size:])
+                logits = self(idx[:, -self.block_size:], attention_mask=mask[:, -self.block_size:] if padded else None)
             next_id = sample_next(logits[:, -1, : self.vocab_size], temperature, top_k, top_p)
             idx, mask = torch.cat([idx, next_id], dim=1), F.pad(mask, (0, 1), value=True)
             if eot_id is not None:
@@ -335,7 +337,7 @@ class GPT(Generator):
             raise ValueError(f"sequence of length {past + T} is longer than block_size={self.block_size}")
         if positions is None:
             positions = (positions_from_mask(attention_mask)[:, -T:] if attention_mask is not None
-                         else torch.arange(T, device=idx.device).expand(B, T))
+                         else torch.arange(past, past + T, device=idx.device).expand(B, T))
         mask, is_causal = self._attention_mask(attention_mask, B, T, past, idx.device)
         x = self.wte(idx)
         if self.wpe is not None:
@@ -353,8 +355,8 @@ class GPT(Generator):
     def _attention_mask(self, attention_mask: torch.Tensor | None, B: int, T: int, past: int,
                         device: torch.device) -> tuple[torch.Tensor | None, bool]:
         """(boolean mask (B, 1, T, past+T) or None, is_causal) for scaled_dot_product_attention."""
-        if attention_mask is None and past == 0:
-            return None, self.config.causal  # the fast path: no mask tensor
+        if attention_mask is None and (past == 0 or T == 1):
+            return None, self.config.causal and past == 0  # fast paths: no mask tensor
         keys = torch.ones(B, past + T, dtype=torch.bool, device=device) if attention_mask is None else attention_mask
         mask = keys[:, None, None, :].expand(B, 1, T, past + T)
         query_slot = torch.arange(past, past + T, device=device)[:, None]
