@@ -35,3 +35,21 @@ def test_models_instantiate(model, tmp_path):
 def test_misspelled_key_is_rejected(tmp_path):
     with pytest.raises(ConfigCompositionException, match="n_layr"):
         compose_train("model.n_layr=4", tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
+def test_multi_device_trainer_configs_compose(trainer, tmp_path):
+    cfg = compose_train(f"trainer={trainer}", "model=gpt2-xl", tmp_path=tmp_path)
+    assert cfg.trainer.devices == "auto" and cfg.model.n_layer == 48
+    if trainer == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+        assert isinstance(instantiate(cfg.trainer.strategy), FSDPStrategy)
+
+
+def test_slurm_launcher_composes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=8",
+                                          "trainer.num_nodes=2"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert "SlurmLauncher" in launcher._target_ and launcher.nodes == 2 and launcher.tasks_per_node == 8
