@@ -115,3 +115,22 @@ def test_activation_checkpointing_gives_the_same_gradients():
         model(idx).sum().backward()
         grads.append(model.wte.weight.grad)
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    from gpt.model import Rotary
+
+    rotary = Rotary(tiny_gpt(pos="rope", block_size=64))
+    q, k = torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16)
+    positions = torch.arange(8)[None]
+    scores = rotary(q, positions) @ rotary(k, positions).transpose(-1, -2)
+    shifted = rotary(q, positions + 37) @ rotary(k, positions + 37).transpose(-1, -2)
+    assert torch.allclose(scores, shifted, atol=1e-4)
+    assert not torch.allclose(scores, q @ k.transpose(-1, -2), atol=1e-2)  # it does rotate
+
+
+def test_swiglu_keeps_the_mlp_parameter_count():
+    def mlp_params(mlp):
+        return sum(p.numel() for p in tiny_gpt(n_embd=384, n_head=6, mlp=mlp, bias=False).build().blocks[0].mlp.parameters())
+    assert mlp_params("swiglu") == mlp_params("gelu")  # hidden 2/3 * 4 * 384 = 1024 (a multiple of 64)
+    assert abs(mlp_params("swiglu") / mlp_params("gelu") - 1) < 0.05

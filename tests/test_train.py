@@ -67,3 +67,13 @@ def test_bigram_trains(tmp_path):
     result = train_tiny(tmp_path / "run", model=["model=bigram", "model.block_size=16"])
     assert result.returncode == 0, result.stderr
     assert "best val/loss" in result.stdout
+
+
+def test_architecture_options_train_save_and_sample(tmp_path):
+    run = tmp_path / "run"
+    result = train_tiny(run, "model.pos=rope", "model.mlp=swiglu", "model.norm=rmsnorm", "model.bias=false")
+    assert result.returncode == 0, result.stderr
+    result = run_script("sample.py", f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "prompt=ROMEO:",
+                        "max_new_tokens=40")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n", 1)[1].startswith("ROMEO:")
