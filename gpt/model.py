@@ -125,7 +125,7 @@ class Generator(nn.Module):
         prompt_width, cache = idx.size(1), None
         padded = not bool(mask.all())  # without padding, attention needs no mask tensor
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        for step in range(max_new_tokens):
+        for _ in range(max_new_tokens):
             if use_cache and hasattr(self, "new_cache"):
                 if cache is None or cache.length == self.block_size:
                     keep = self.block_size if cache is None else self.block_size // 2
