@@ -7,6 +7,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from gpt.callbacks import RunResult, read_result
 from gpt.checkpoint import check_tokenizer, load_checkpoint, load_initial_weights
 from gpt.model import count_parameters, format_count
 
@@ -41,13 +42,16 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("ckpt_path"):
         check_tokenizer(load_checkpoint(cfg.ckpt_path)["gpt"]["tokenizer"], tokenizer, f"ckpt_path={cfg.ckpt_path}")
 
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.get("callbacks")),
-                                     logger=instantiate_group(cfg.get("logger")))
+    callbacks = [*instantiate_group(cfg.get("callbacks")), RunResult(output_dir)]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.get("logger")))
     trainer.fit(lm, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    return report_best(trainer, output_dir)
 
-    checkpoint = trainer.checkpoint_callback
-    if checkpoint is None or checkpoint.best_model_score is None:
+
+def report_best(trainer: L.Trainer, output_dir: Path) -> float | None:
+    """Print the best validation loss and its checkpoint (rank 0 only; the other ranks return None)."""
+    result = read_result(output_dir) if trainer.is_global_zero else {}
+    if not result:
         return None
-    best = float(checkpoint.best_model_score)
-    print(f"best val/loss {best:.4f}, checkpoint {checkpoint.best_model_path}")
-    return best
+    print(f"best val/loss {result['val_loss']:.4f}, checkpoint {result['best_checkpoint']}")
+    return result["val_loss"]
