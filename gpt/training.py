@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gpt.callbacks import RunResult, read_result
 from gpt.checkpoint import check_tokenizer, load_checkpoint, load_initial_weights
+from gpt.loggers import make_loggers, wandb_run_finished
 from gpt.model import count_parameters, format_count
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ def train(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    plain_config = OmegaConf.to_container(cfg, resolve=True)
+    loggers = make_loggers(cfg.get("logger"))
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
@@ -33,7 +36,7 @@ def train(cfg: DictConfig) -> float | None:
     make_lm = instantiate(cfg.lm, _partial_=True)
     lm = make_lm(model_config=model_config, optimizer=instantiate(cfg.optim),
                  scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-                 metadata={"config": OmegaConf.to_container(cfg, resolve=True), "tokenizer": tokenizer.to_dict()})
+                 metadata={"config": plain_config, "tokenizer": tokenizer.to_dict()})
     log.info("model: %s with %s parameters, vocabulary of %d tokens",
              type(lm.model).__name__, format_count(count_parameters(lm.model)), tokenizer.vocab_size)
     if cfg.get("init_from"):
@@ -43,9 +46,12 @@ def train(cfg: DictConfig) -> float | None:
         check_tokenizer(load_checkpoint(cfg.ckpt_path)["gpt"]["tokenizer"], tokenizer, f"ckpt_path={cfg.ckpt_path}")
 
     callbacks = [*instantiate_group(cfg.get("callbacks")), RunResult(output_dir)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.get("logger")))
-    trainer.fit(lm, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    return report_best(trainer, output_dir)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    with wandb_run_finished(loggers):
+        for logger in trainer.loggers:
+            logger.log_hyperparams(plain_config)
+        trainer.fit(lm, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        return report_best(trainer, output_dir)
 
 
 def report_best(trainer: L.Trainer, output_dir: Path) -> float | None:

@@ -1,18 +1,10 @@
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from conftest import REPO
+from conftest import REPO, compose_train
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
-
-
-def compose_train(*overrides: str, tmp_path: Path):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path}", *overrides])
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -33,3 +25,11 @@ def test_models_instantiate(model, tmp_path):
 def test_misspelled_key_is_rejected(tmp_path):
     with pytest.raises(ConfigCompositionException, match="n_layr"):
         compose_train("model.n_layr=4", tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("choice, loggers", [
+    ("csv", {"csv"}), ("wandb", {"csv", "wandb"}), ("tensorboard", {"csv", "tensorboard"}),
+    ("[wandb,tensorboard]", {"csv", "wandb", "tensorboard"}),
+])
+def test_logger_choices_compose_with_csv_always_on(choice, loggers, tmp_path):
+    assert set(compose_train(f"logger={choice}", tmp_path=tmp_path).logger) == loggers

@@ -1,6 +1,7 @@
 """Real runs of train.py and sample.py in subprocesses, as a user runs them."""
 
 import csv
+import importlib.util
 
 import pytest
 
@@ -67,3 +68,14 @@ def test_bigram_trains(tmp_path):
     result = train_tiny(tmp_path / "run", model=["model=bigram", "model.block_size=16"])
     assert result.returncode == 0, result.stderr
     assert "best val/loss" in result.stdout
+
+
+def test_tensorboard_logger_writes_events_or_asks_for_its_package(tmp_path):
+    result = train_tiny(tmp_path / "run", "logger=tensorboard")
+    if any(importlib.util.find_spec(package) for package in ("tensorboard", "tensorboardX")):
+        assert result.returncode == 0, result.stderr
+        assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    else:
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines()[-1] == (
+            "error: logger.tensorboard needs the tensorboard package: pip install tensorboard")
