@@ -11,6 +11,7 @@ from gpt.callbacks import RunResult, read_result
 from gpt.checkpoint import check_tokenizer, load_checkpoint, load_initial_weights
 from gpt.loggers import make_loggers, wandb_run_finished
 from gpt.model import count_parameters, format_count
+from gpt.sweeps import refuse_ddp_in_multirun
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ def train(cfg: DictConfig) -> float | None:
 
     callbacks = [*instantiate_group(cfg.get("callbacks")), RunResult(output_dir)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    refuse_ddp_in_multirun(trainer)
     with wandb_run_finished(loggers):
         for logger in trainer.loggers:
             logger.log_hyperparams(plain_config)

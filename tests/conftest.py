@@ -35,6 +35,13 @@ def train_tiny(run_dir: Path, *overrides: str, model: list[str] = TINY_GPT, env:
                       *overrides, env=env)
 
 
+def sweep_tiny(sweep_dir: Path, *overrides: str, env: dict | None = None, timeout: int = 600
+               ) -> subprocess.CompletedProcess:
+    """A multirun (``-m``) of the tiny model; each job writes into a numbered subdirectory of ``sweep_dir``."""
+    return run_script("train.py", "-m", *TINY_GPT, *SHORT_RUN, f"hydra.sweep.dir={sweep_dir}",
+                      f"paths.data_dir={sweep_dir.parent / 'data'}", *overrides, env=env, timeout=timeout)
+
+
 @pytest.fixture
 def wandb_env(tmp_path) -> dict:
     """An environment with no W&B API key anywhere (so runs must go offline by themselves) and W&B's own

@@ -33,3 +33,10 @@ def test_misspelled_key_is_rejected(tmp_path):
 ])
 def test_logger_choices_compose_with_csv_always_on(choice, loggers, tmp_path):
     assert set(compose_train(f"logger={choice}", tmp_path=tmp_path).logger) == loggers
+
+
+@pytest.mark.parametrize("sweep, sweeper", [("grid", "BasicSweeper"), ("optuna", "OptunaSweeper")])
+def test_sweep_configs_choose_their_sweeper(sweep, sweeper, tmp_path):
+    cfg = compose_train(f"sweep={sweep}", tmp_path=tmp_path, return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith(sweeper)
+    assert {"optim.lr", "model.dropout"} <= set(cfg.hydra.sweeper.params)
