@@ -5,6 +5,10 @@ class UserError(Exception):
     """A problem with the user's input or files, reported as one line without a traceback."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run failed (in a sweep, only this trial), though the input was valid."""
+
+
 def check_positive(name: str, value, kind: type = int) -> None:
     """Raise a UserError unless ``value`` is a positive int (or, with ``kind=float``, a positive number)."""
     allowed = (int, float) if kind is float else int

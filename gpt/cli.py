@@ -8,15 +8,20 @@ from pathlib import Path
 from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 
-from gpt import UserError
+from gpt import TrainingDiverged, UserError
+from gpt.sweeps import in_multirun
 
 
 @contextmanager
 def report_user_errors():
-    """Turn a UserError (also one raised inside Hydra's instantiate) into one line on stderr and exit
-    status 2; HYDRA_FULL_ERROR=1 shows the traceback instead."""
+    """Turn a UserError (also one raised inside Hydra's instantiate), or a diverged single run, into one
+    line on stderr and exit status 2; HYDRA_FULL_ERROR=1 shows the traceback instead."""
     try:
         yield
+    except TrainingDiverged as e:
+        if in_multirun() or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise  # Hydra records the failed job and the sweep goes on
+        fail(str(e))
     except (UserError, InstantiationException) as e:
         cause = e if isinstance(e, UserError) else e.__cause__
         if not isinstance(cause, UserError) or os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -11,7 +11,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
-from gpt import UserError
+from gpt import TrainingDiverged
 from gpt.model import Block
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class CausalLM(L.LightningModule):
         self.nonfinite_skips += 1
         if self.nonfinite_skips > self.max_nonfinite_skips:
             kept = [cb.last_model_path for cb in self.trainer.checkpoint_callbacks if cb.last_model_path]
-            raise UserError(f"the loss is {loss.item()} at step {self.global_step} ({self.nonfinite_skips} bad batches); "
+            raise TrainingDiverged(f"the loss is {loss.item()} at step {self.global_step} ({self.nonfinite_skips} bad batches); "
                             f"stopped, the last good checkpoint is {kept[0] if kept else 'none yet'}; "
                             "lower optim.lr or check the data")
         log.warning("loss is %s at step %d: batch skipped (%d of %d allowed)",

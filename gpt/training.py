@@ -1,6 +1,7 @@
 """What ``python train.py`` does: compose the parts named by the config, fit, report the best checkpoint."""
 
 import logging
+import secrets
 from pathlib import Path
 
 import lightning as L
@@ -9,8 +10,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gpt import UserError, check_positive
+from gpt.callbacks import RunResult, read_result
 from gpt.checkpoint import check_tokenizer, find_resume_checkpoint, load_checkpoint, load_initial_weights
+from gpt.loggers import make_loggers, wandb_run_finished
 from gpt.model import count_parameters, format_count
+from gpt.sweeps import refuse_ddp_in_multirun
 
 log = logging.getLogger(__name__)
 
@@ -77,37 +81,53 @@ def train(cfg: DictConfig) -> float | None:
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    plain_config = OmegaConf.to_container(cfg, resolve=True)
+    ckpt_path = resume_path(cfg)
+    resumed = load_checkpoint(ckpt_path)["gpt"] if ckpt_path else {}
+    # a resumed run continues its W&B run instead of starting a new one
+    wandb_id = resumed.get("wandb_id") or secrets.token_hex(4)
+    loggers = make_loggers(cfg.get("logger"), wandb_id)
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     tokenizer = datamodule.tokenizer
+    if resumed:
+        check_tokenizer(resumed["tokenizer"], tokenizer, f"ckpt_path={ckpt_path}")
+        log.info("resuming from %s", ckpt_path)
+    lm = build_lm(cfg, tokenizer, {"config": plain_config, "tokenizer": tokenizer.to_dict(), "wandb_id": wandb_id})
+
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls
+    callbacks = [*instantiate_group(cfg.get("callbacks")), RunResult(output_dir)]
+    trainer: L.Trainer = instantiate(cfg.trainer, precision=auto_precision(cfg.trainer.precision),
+                                     callbacks=callbacks, logger=loggers)
+    set_batch_semantics(trainer, cfg)
+    refuse_ddp_in_multirun(trainer)
+    with wandb_run_finished(loggers):
+        for logger in trainer.loggers:
+            logger.log_hyperparams(plain_config)
+        trainer.fit(lm, datamodule=datamodule, ckpt_path=ckpt_path)
+        return report_best(trainer, output_dir)
+
+
+def build_lm(cfg: DictConfig, tokenizer, metadata: dict) -> L.LightningModule:
+    """The LightningModule around the configured model, from ``init_from`` weights if given."""
     model_config = instantiate(cfg.model, vocab_size=tokenizer.vocab_size)
     make_lm = instantiate(cfg.lm, _partial_=True)
     lm = make_lm(model_config=model_config, optimizer=instantiate(cfg.optim),
-                 scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-                 metadata={"config": OmegaConf.to_container(cfg, resolve=True), "tokenizer": tokenizer.to_dict()})
+                 scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None, metadata=metadata)
     log.info("model: %s with %s parameters, vocabulary of %d tokens",
              type(lm.model).__name__, format_count(count_parameters(lm.model)), tokenizer.vocab_size)
     if cfg.get("init_from"):
         load_initial_weights(lm.model, cfg.init_from, tokenizer)
         log.info("initialised the weights from %s", cfg.init_from)
-    ckpt_path = resume_path(cfg)
-    if ckpt_path:
-        check_tokenizer(load_checkpoint(ckpt_path)["gpt"]["tokenizer"], tokenizer, f"ckpt_path={ckpt_path}")
-        log.info("resuming from %s", ckpt_path)
+    return lm
 
-    if torch.cuda.is_available():
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls
-    trainer: L.Trainer = instantiate(cfg.trainer, precision=auto_precision(cfg.trainer.precision),
-                                     callbacks=instantiate_group(cfg.get("callbacks")),
-                                     logger=instantiate_group(cfg.get("logger")))
-    set_batch_semantics(trainer, cfg)
-    trainer.fit(lm, datamodule=datamodule, ckpt_path=ckpt_path)
 
-    checkpoint = trainer.checkpoint_callback
-    if checkpoint is None or checkpoint.best_model_score is None:
+def report_best(trainer: L.Trainer, output_dir: Path) -> float | None:
+    """Print the best validation loss and its checkpoint (rank 0 only; the other ranks return None)."""
+    result = read_result(output_dir) if trainer.is_global_zero else {}
+    if not result:
         return None
-    best = float(checkpoint.best_model_score)
-    if trainer.is_global_zero:
-        print(f"best val/loss {best:.4f}, checkpoint {checkpoint.best_model_path}")
-    return best
+    print(f"best val/loss {result['val_loss']:.4f}, checkpoint {result['best_checkpoint']}")
+    return result["val_loss"]

@@ -1,8 +1,10 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "data" / "tinyshakespeare.txt"
@@ -13,15 +15,42 @@ SHORT_RUN = ["data.batch_size=16", "data.val_windows=64", "trainer.max_steps=60"
         "scheduler.warmup_steps=5", "trainer.enable_progress_bar=false"]
 
 
-def run_script(script: str, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def compose_train(*overrides: str, tmp_path: Path, return_hydra_config: bool = False):
+    """The training config as train.py composes it, with outputs under ``tmp_path``."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("train", overrides=[f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path}", *overrides],
+                       return_hydra_config=return_hydra_config)
+
+
+def run_script(script: str, *overrides: str, timeout: int = 300, env: dict | None = None
+               ) -> subprocess.CompletedProcess:
     """Run one of the project's entry points the way a user does, from the repository root."""
     return subprocess.run([sys.executable, script, *overrides], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
-def train_tiny(run_dir: Path, *overrides: str, model: list[str] = TINY_GPT) -> subprocess.CompletedProcess:
+def train_tiny(run_dir: Path, *overrides: str, model: list[str] = TINY_GPT, env: dict | None = None
+               ) -> subprocess.CompletedProcess:
     return run_script("train.py", *model, *SHORT_RUN, f"hydra.run.dir={run_dir}", f"paths.data_dir={run_dir.parent / 'data'}",
-                      *overrides)
+                      *overrides, env=env)
+
+
+def sweep_tiny(sweep_dir: Path, *overrides: str, env: dict | None = None, timeout: int = 600
+               ) -> subprocess.CompletedProcess:
+    """A multirun (``-m``) of the tiny model; each job writes into a numbered subdirectory of ``sweep_dir``."""
+    return run_script("train.py", "-m", *TINY_GPT, *SHORT_RUN, f"hydra.sweep.dir={sweep_dir}",
+                      f"paths.data_dir={sweep_dir.parent / 'data'}", *overrides, env=env, timeout=timeout)
+
+
+@pytest.fixture
+def wandb_env(tmp_path) -> dict:
+    """An environment with no W&B API key anywhere (so runs must go offline by themselves) and W&B's own
+    config and cache under ``tmp_path``: nothing reaches the network or the user's files."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    env.update(NETRC=str(tmp_path / "no-netrc"), WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"),
+               WANDB_CACHE_DIR=str(tmp_path / "wandb-cache"), WANDB_DATA_DIR=str(tmp_path / "wandb-data"),
+               WANDB_DISABLE_GIT="true", WANDB_SILENT="true")
+    return env
 
 
 @pytest.fixture(scope="session")

@@ -14,16 +14,11 @@ from gpt.data import prepare
 from gpt.tokenizers import fit_tokenizer, tokenizer_from_dict
 from gpt.training import check_config
 
-from conftest import REPO, SHAKESPEARE, run_script, train_tiny
+from conftest import REPO, SHAKESPEARE, compose_train, run_script, train_tiny
 
 
 def last_line(result) -> str:
     return result.stderr.strip().splitlines()[-1]
-
-
-def compose_train(tmp_path, *overrides):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path}", *overrides])
 
 
 @pytest.mark.parametrize("override, message", [
@@ -34,7 +29,7 @@ def compose_train(tmp_path, *overrides):
 ])
 def test_config_checks(tmp_path, override, message):
     with pytest.raises(UserError, match=message):
-        check_config(compose_train(tmp_path, override))
+        check_config(compose_train(override, tmp_path=tmp_path))
 
 
 @pytest.mark.parametrize("override, message", [

@@ -1,20 +1,12 @@
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from gpt.training import auto_precision
 
-from conftest import REPO
+from conftest import REPO, compose_train
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
-
-
-def compose_train(*overrides: str, tmp_path: Path):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path}", *overrides])
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -48,8 +40,22 @@ def test_multi_device_trainer_configs_compose(trainer, tmp_path):
 
 def test_slurm_launcher_composes(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=8",
-                                          "trainer.num_nodes=2"], return_hydra_config=True)
+    cfg = compose_train("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=8", "trainer.num_nodes=2",
+                        tmp_path=tmp_path, return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert "SlurmLauncher" in launcher._target_ and launcher.nodes == 2 and launcher.tasks_per_node == 8
+
+
+@pytest.mark.parametrize("choice, loggers", [
+    ("csv", {"csv"}), ("wandb", {"csv", "wandb"}), ("tensorboard", {"csv", "tensorboard"}),
+    ("[wandb,tensorboard]", {"csv", "wandb", "tensorboard"}),
+])
+def test_logger_choices_compose_with_csv_always_on(choice, loggers, tmp_path):
+    assert set(compose_train(f"logger={choice}", tmp_path=tmp_path).logger) == loggers
+
+
+@pytest.mark.parametrize("sweep, sweeper", [("grid", "BasicSweeper"), ("optuna", "OptunaSweeper")])
+def test_sweep_configs_choose_their_sweeper(sweep, sweeper, tmp_path):
+    cfg = compose_train(f"sweep={sweep}", tmp_path=tmp_path, return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith(sweeper)
+    assert {"optim.lr", "model.dropout"} <= set(cfg.hydra.sweeper.params)

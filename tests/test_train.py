@@ -1,6 +1,7 @@
 """Real runs of train.py and sample.py in subprocesses, as a user runs them."""
 
 import csv
+import importlib.util
 
 import pytest
 
@@ -77,3 +78,14 @@ def test_architecture_options_train_save_and_sample(tmp_path):
                         "max_new_tokens=40")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n", 1)[1].startswith("ROMEO:")
+
+
+def test_tensorboard_logger_writes_events_or_asks_for_its_package(tmp_path):
+    result = train_tiny(tmp_path / "run", "logger=tensorboard")
+    if any(importlib.util.find_spec(package) for package in ("tensorboard", "tensorboardX")):
+        assert result.returncode == 0, result.stderr
+        assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    else:
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines()[-1] == (
+            "error: logger.tensorboard needs the tensorboard package: pip install tensorboard")

@@ -1,0 +1,117 @@
+"""Hydra multiruns (``python train.py -m ...``): the summary table of a sweep and the checks around it."""
+
+import csv
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+from gpt import UserError
+from gpt.callbacks import read_result
+
+SUMMARY_FILE = "summary.csv"
+SUMMARY_COLUMNS = ["job", "val_loss", "steps", "wall_s", "status", "overrides", "error", "output_dir"]
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def refuse_ddp_in_multirun(trainer: L.Trainer) -> None:
+    """Lightning's ``ddp`` starts each extra rank by running the command line again, which inside ``-m`` would
+    start the whole sweep again in every rank; stop before that happens."""
+    launcher = trainer.strategy.launcher
+    relaunches_script = (isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
+                         and not launcher.cluster_environment.creates_processes_externally)
+    if relaunches_script and in_multirun():
+        raise UserError("trainer.strategy=ddp cannot run inside a multirun (-m): each DDP process would start the "
+                        "sweep again; use trainer.strategy=ddp_spawn, start the sweep with torchrun, or run one "
+                        "W&B agent per GPU (README: multi-GPU sweeps)")
+
+
+class SweepSummary(Callback):
+    """Records every job of a multirun (overrides, best val/loss, steps, wall time, failed or not), keeps
+    ``summary.csv`` in the sweep directory up to date after each job, and prints the table sorted by loss at the end.
+
+    It sees the jobs that run in its own process, as the basic launcher runs them (grids and Optuna searches)."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.sweep_dir: Path | None = None
+        self.job_started = 0.0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.rows, self.sweep_dir = [], Path(config.hydra.sweep.dir)
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        self.job_started = time.perf_counter()
+
+    @rank_zero_only  # under torchrun every rank runs the sweep; one of them keeps the record
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
+        if self.sweep_dir is None:  # a single run
+            return
+        self.rows.append(job_row(config, job_return, time.perf_counter() - self.job_started))
+        self.rows.sort(key=lambda row: row["val_loss"] if row["val_loss"] != "" else math.inf)
+        write_summary(self.rows, self.sweep_dir / SUMMARY_FILE)
+
+    @rank_zero_only
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if self.rows:
+            print(format_summary(self.rows, self.sweep_dir / SUMMARY_FILE))
+
+
+def job_row(config: DictConfig, job_return: JobReturn, wall_s: float) -> dict:
+    output_dir = Path(config.hydra.runtime.output_dir)
+    completed = job_return.status == JobStatus.COMPLETED
+    val_loss = job_return.return_value if completed else None
+    return {
+        "job": config.hydra.job.num,
+        "val_loss": "" if val_loss is None else val_loss,
+        "steps": read_result(output_dir).get("steps", ""),
+        "wall_s": round(wall_s, 1),
+        "status": "completed" if completed else "failed",
+        "overrides": config.hydra.job.override_dirname,
+        "override_list": [o for o in job_return.overrides if o.split("=", 1)[0] not in excluded_keys(config)],
+        # the public return_value of a failed job raises its exception
+        "error": "" if completed else first_line(job_return._return_value),
+        "output_dir": str(output_dir),
+    }
+
+
+def excluded_keys(config: DictConfig) -> set[str]:
+    return set(config.hydra.job.config.override_dirname.exclude_keys)
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def write_summary(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def format_summary(rows: list[dict], path: Path) -> str:
+    """The table, each job named by the overrides that differ between jobs; the shared ones are listed once."""
+    shared = set.intersection(*(set(row["override_list"]) for row in rows))
+    lines = [f"sweep of {len(rows)} jobs, best val/loss first (also in {path})"]
+    if shared:
+        lines.append(f"every job: {' '.join(o for o in rows[0]['override_list'] if o in shared)}")
+    lines.append(f"{'job':>4} {'val/loss':>9} {'steps':>6} {'wall':>8}  overrides")
+    for row in rows:
+        loss = f"{row['val_loss']:.4f}" if row["val_loss"] != "" else row["status"]
+        own = " ".join(o for o in row["override_list"] if o not in shared) or "(none)"
+        note = f"  ({row['error']})" if row["error"] else ""
+        lines.append(f"{row['job']:>4} {loss:>9} {row['steps']!s:>6} {row['wall_s']:>7.1f}s  {own}{note}")
+    return "\n".join(lines)
