@@ -3,6 +3,7 @@ logger that keeps its rows when a run is resumed."""
 
 import csv
 import importlib.util
+import logging
 import netrc
 import os
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gpt import UserError
+
+log = logging.getLogger(__name__)
 from gpt.sweeps import in_multirun
 
 # `${multirun_only:X}` is X in a job of a multirun and null in a single run: conf/logger/wandb.yaml groups the
@@ -61,6 +64,23 @@ def make_loggers(group: DictConfig | None, wandb_id: str | None = None) -> list[
         extra = {"id": wandb_id, "resume": "allow"} if target.endswith("WandbLogger") and wandb_id else {}
         loggers.append(instantiate(node, **extra))
     return loggers
+
+
+def start_loggers(loggers: list[Logger], config: dict) -> None:
+    """Log the resolved config to every logger. A W&B run that cannot start online (no network, a bad
+    key) falls back to offline once, with a warning, instead of stopping the training."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and os.environ.get("WANDB_MODE") != "offline":
+            try:
+                logger.experiment
+            except Exception as e:  # wandb raises several kinds for network and authentication failures
+                log.warning("W&B could not start online (%s: %s); logging offline instead", type(e).__name__, e)
+                import wandb
+
+                wandb.teardown()  # forget the failed run, so that its id can be used offline
+                os.environ["WANDB_MODE"] = "offline"
+                logger._experiment = None
+        logger.log_hyperparams(config)
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt import UserError, check_positive
 from gpt.callbacks import RunResult, read_result
 from gpt.checkpoint import check_tokenizer, find_resume_checkpoint, load_checkpoint, load_initial_weights
-from gpt.loggers import make_loggers, wandb_run_finished
+from gpt.loggers import make_loggers, start_loggers, wandb_run_finished
 from gpt.model import count_parameters, format_count
 from gpt.sweeps import refuse_ddp_in_multirun
 
@@ -104,8 +104,7 @@ def train(cfg: DictConfig) -> float | None:
     set_batch_semantics(trainer, cfg)
     refuse_ddp_in_multirun(trainer)
     with wandb_run_finished(loggers):
-        for logger in trainer.loggers:
-            logger.log_hyperparams(plain_config)
+        start_loggers(trainer.loggers, plain_config)
         trainer.fit(lm, datamodule=datamodule, ckpt_path=ckpt_path)
         return report_best(trainer, output_dir)
 

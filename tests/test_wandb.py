@@ -66,3 +66,14 @@ def test_resumed_training_continues_its_wandb_run(tmp_path, wandb_env):
     first, resumed = offline_runs(run_dir)  # W&B writes one offline folder per process, named by the run id
     assert first.path.name.rsplit("-", 1)[-1] == resumed.path.name.rsplit("-", 1)[-1]
     assert max(resumed.metric("trainer/global_step")) >= 89
+
+
+def test_unreachable_wandb_falls_back_to_offline(tmp_path, wandb_env):
+    # a key is set but the server cannot be reached (nothing listens on this loopback port)
+    env = {**wandb_env, "WANDB_MODE": "online", "WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9",
+           "WANDB_INIT_TIMEOUT": "10"}
+    run_dir = tmp_path / "run"
+    result = train_tiny(run_dir, "logger=wandb", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "train.log").read_text().count("W&B could not start online") == 1
+    assert len(offline_runs(run_dir)) == 1
