@@ -7,7 +7,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from gpt import UserError
 from gpt.checkpoint import check_tokenizer, load_checkpoint, load_initial_weights
+from gpt.lm import MaskedLM
 from gpt.model import count_parameters, format_count
 
 log = logging.getLogger(__name__)
@@ -16,6 +18,21 @@ log = logging.getLogger(__name__)
 def instantiate_group(group: DictConfig | None) -> list:
     """Instantiate each named entry of a group such as ``callbacks`` or ``logger``; ``null`` entries are skipped."""
     return [instantiate(node) for node in (group or {}).values() if node is not None]
+
+
+def check_data_fits(lm: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+    """Masked batches go with the masked LM only, and padded examples must fit the model's context."""
+    masked_batches = getattr(datamodule, "masks_tokens", False)
+    if masked_batches and not isinstance(lm, MaskedLM):
+        raise UserError("data.mlm_probability is set, which makes masked-LM batches, but the LM is causal; "
+                        "use lm=masked model.causal=false (experiment=mlm_char) or data.mlm_probability=null")
+    if isinstance(lm, MaskedLM) and not masked_batches:
+        raise UserError("lm=masked needs masked batches: data=shakespeare_paragraphs data.mlm_probability=0.15 "
+                        "(experiment=mlm_char sets both)")
+    max_length = getattr(datamodule, "max_length", 0)
+    if max_length > lm.model.block_size:
+        raise UserError(f"data.max_length={max_length} is longer than model.block_size={lm.model.block_size}; "
+                        "make it at most the model's context")
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -33,6 +50,7 @@ def train(cfg: DictConfig) -> float | None:
     lm = make_lm(model_config=model_config, optimizer=instantiate(cfg.optim),
                  scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
                  metadata={"config": OmegaConf.to_container(cfg, resolve=True), "tokenizer": tokenizer.to_dict()})
+    check_data_fits(lm, datamodule)
     log.info("model: %s with %s parameters, vocabulary of %d tokens",
              type(lm.model).__name__, format_count(count_parameters(lm.model)), tokenizer.vocab_size)
     if cfg.get("init_from"):
