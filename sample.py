@@ -27,7 +27,8 @@ def sample(cfg: DictConfig) -> list[str]:
         return [describe_filled(model, tokenizer, prompt, cfg.candidates) for prompt in prompts]
     ids = [tokenizer.encode(p) for p in prompts for _ in range(cfg.num_samples)]
     out = model.generate(ids, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                         eot_id=tokenizer.eot_id, use_cache=cfg.use_cache)
+                         eot_id=tokenizer.eot_id, use_cache=cfg.use_cache,
+                         suppress_ids=tokenizer.special_ids - {tokenizer.eot_id})  # [PAD], [MASK] are not text
     return [tokenizer.decode(row) for row in out]
 
 

@@ -103,3 +103,10 @@ def test_bidirectional_attention_sees_the_future():
 def test_bad_model_config(options, message):
     with pytest.raises(UserError, match=message):
         tiny_gpt(**options)
+
+
+def test_suppressed_tokens_are_never_generated():
+    torch.manual_seed(0)
+    model = tiny_gpt().build().eval()
+    out = model.generate([[1, 2]], max_new_tokens=200, temperature=2.0, suppress_ids={3, 4, 5})[0]
+    assert len(out) == 202 and not {3, 4, 5} & set(out[2:])
