@@ -1,4 +1,7 @@
-"""Generate text from a checkpoint: ``python sample.py ckpt_path=<run dir>/checkpoints/best.ckpt prompt=ROMEO:``."""
+"""Generate text from a checkpoint: ``python sample.py ckpt_path=<run dir>/checkpoints/best.ckpt prompt=ROMEO:``.
+
+A masked-LM checkpoint fills the ``[MASK]`` tokens of the prompt instead: ``'prompt="To be, or not to [MASK]e"'``.
+"""
 
 import hydra
 import torch
@@ -7,6 +10,7 @@ from omegaconf import DictConfig, ListConfig
 from gpt import UserError
 from gpt.checkpoint import model_from_checkpoint
 from gpt.cli import report_user_errors
+from gpt.lm import fill_masks
 
 
 def sample(cfg: DictConfig) -> list[str]:
@@ -19,10 +23,28 @@ def sample(cfg: DictConfig) -> list[str]:
     torch.manual_seed(cfg.seed)
     model, tokenizer, _ = model_from_checkpoint(cfg.ckpt_path)
     model.to(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not getattr(model.config, "causal", True):  # a masked LM: fill in the blanks
+        return [describe_filled(model, tokenizer, prompt, cfg.candidates) for prompt in prompts]
     ids = [tokenizer.encode(p) for p in prompts for _ in range(cfg.num_samples)]
     out = model.generate(ids, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                         eot_id=tokenizer.eot_id, use_cache=cfg.use_cache)
+                         eot_id=tokenizer.eot_id, use_cache=cfg.use_cache,
+                         suppress_ids=tokenizer.special_ids - {tokenizer.eot_id})  # [PAD], [MASK] are not text
     return [tokenizer.decode(row) for row in out]
+
+
+def describe_filled(model, tokenizer, prompt: str, candidates: int) -> str:
+    """The prompt with its masks filled, then the top candidates of each mask with their probabilities."""
+    ids = tokenizer.encode(prompt)
+    if tokenizer.mask_id not in ids:
+        raise UserError('the model is a masked LM and the prompt has no [MASK]; write [MASK] where it should fill '
+                        'in, e.g. \'prompt="To be, or not to [MASK][MASK]"\'')
+    if len(ids) > model.block_size:
+        raise UserError(f"the prompt is {len(ids)} tokens, longer than the model's block_size={model.block_size}")
+    filled, top = fill_masks(model, ids, tokenizer.mask_id, tokenizer.special_ids, candidates)
+    lines = [tokenizer.decode(filled)]
+    for i, options in enumerate(top, start=1):
+        lines.append(f"[MASK] {i}: " + "  ".join(f"{tokenizer.decode([t])!r} {p:.3f}" for t, p in options))
+    return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")

@@ -27,7 +27,9 @@ from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 # Same string as tiktoken's "gpt2"/"r50k_base" pattern (tiktoken_ext/openai_public.py).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 ENDOFTEXT = "<|endoftext|>"
-DEFAULT_SPECIAL_TOKENS = (ENDOFTEXT, "[PAD]", "[MASK]")
+PAD = "[PAD]"
+MASK = "[MASK]"
+DEFAULT_SPECIAL_TOKENS = (ENDOFTEXT, PAD, MASK)
 
 _GPT2_FILE_HASHES = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",

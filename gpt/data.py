@@ -17,6 +17,7 @@ from gpt import UserError, check_positive
 from gpt.tokenizers import fit_tokenizer, tokenizer_from_dict
 
 CHUNK_CHARS = 1 << 20
+PREPARED_FORMAT = 2  # bumped when tokenization changes, so older prepared files are redone (2: char specials)
 
 
 def text_files(text_path: Path) -> list[Path]:
@@ -75,11 +76,9 @@ def prepare(text_path: str | Path, out_dir: str | Path, tokenizer: str = "char",
     files = text_files(text_path)
     if not isinstance(val_fraction, float) or not 0 < val_fraction < 1:
         raise UserError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
-    source = {"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
-              "tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": val_fraction}
-    meta_path = out_dir / "meta.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text()).get("source") == source:
-        return json.loads(meta_path.read_text())
+    source = describe_source(files, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction)
+    if meta := current_meta(out_dir, source):
+        return meta
 
     n_chars = sum(len(chunk) for chunk, _ in read_documents(files))
     if n_chars == 0:
@@ -92,8 +91,22 @@ def prepare(text_path: str | Path, out_dir: str | Path, tokenizer: str = "char",
     counts = _write_token_files(pieces, out_dir, tok, dtype, n_chars, num_proc)
     _atomic_write_text(out_dir / "tokenizer.json", json.dumps(tok.to_dict()))
     meta = {"source": source, "dtype": dtype.name, "vocab_size": tok.vocab_size, **counts}
-    _atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    _atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2))
     return meta
+
+
+def describe_source(files: list[Path], **options) -> dict:
+    """What prepared files depend on: the text files (path, size, mtime), the options and the format."""
+    return {"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+            **options, "format": PREPARED_FORMAT}
+
+
+def current_meta(out_dir: Path, source: dict) -> dict | None:
+    """The ``meta.json`` of ``out_dir`` when it was prepared from ``source``, else None (prepare again)."""
+    meta_path = out_dir / "meta.json"
+    if meta_path.is_file() and (meta := json.loads(meta_path.read_text())).get("source") == source:
+        return meta
+    return None
 
 
 def _split_pieces(documents: Iterator[tuple[str, bool]], split_at: int) -> Iterator[tuple[str, str, bool]]:

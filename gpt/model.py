@@ -1,6 +1,7 @@
 """Decoder GPT and a bigram baseline as plain ``nn.Module``s (no Lightning here)."""
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 
 import torch
@@ -119,8 +120,9 @@ class Generator(nn.Module):
     @torch.no_grad()
     def generate(self, prompts: list[list[int]] | torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, eot_id: int | None = None,
-                 use_cache: bool = True) -> list[list[int]]:
-        """Each prompt followed by its new tokens (up to and including ``eot_id`` when it comes)."""
+                 use_cache: bool = True, suppress_ids: Collection[int] = ()) -> list[list[int]]:
+        """Each prompt followed by its new tokens (up to and including ``eot_id`` when it comes); the tokens
+        of ``suppress_ids`` (such as ``[PAD]``, ``[MASK]``) are never generated."""
         idx, mask = left_pad(prompts, next(self.parameters()).device)
         prompt_width, cache = idx.size(1), None
         padded = not bool(mask.all())  # without padding, attention needs no mask tensor
@@ -136,7 +138,11 @@ class Generator(nn.Module):
                     logits = self(idx[:, -1:], attention_mask=window, cache=cache)
             else:
                 logits = self(idx[:, -self.block_size:], attention_mask=mask[:, -self.block_size:] if padded else None)
-            next_id = sample_next(logits[:, -1, : self.vocab_size], temperature, top_k, top_p)
+            next_logits = logits[:, -1, : self.vocab_size]
+            if suppress_ids:
+                next_logits = next_logits.index_fill(-1, torch.tensor(list(suppress_ids), device=idx.device),
+                                                     float("-inf"))
+            next_id = sample_next(next_logits, temperature, top_k, top_p)
             idx, mask = torch.cat([idx, next_id], dim=1), F.pad(mask, (0, 1), value=True)
             if eot_id is not None:
                 finished |= next_id.squeeze(1) == eot_id

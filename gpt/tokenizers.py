@@ -1,29 +1,38 @@
-"""Tokenizers behind one small interface: ``encode``, ``decode``, ``vocab_size``, ``eot_id``, ``to_dict``.
+"""Tokenizers behind one small interface: ``encode``, ``decode``, ``vocab_size``, ``to_dict`` and the ids of
+the special tokens, ``eot_id`` (``<|endoftext|>``), ``pad_id`` (``[PAD]``), ``mask_id`` (``[MASK]``) and
+``special_ids`` (all of them); an id is None when the tokenizer lacks that token.
 
 ``fit_tokenizer(kind, texts)`` makes one for a dataset (char: the text's characters; gpt2: GPT-2's
 encoding; bpe: a byte-level BPE trained on the text) and ``tokenizer_from_dict`` rebuilds it from the
 plain dict stored with the data and in every checkpoint.
 """
 
+import re
 from collections.abc import Iterable
 
 import tiktoken
 
 from gpt import UserError
-from gpt.bpe import ENDOFTEXT, encoding_from_dict, encoding_to_dict, gpt2_encoding, train_bpe
+from gpt.bpe import DEFAULT_SPECIAL_TOKENS, ENDOFTEXT, MASK, PAD, encoding_from_dict, encoding_to_dict, \
+    gpt2_encoding, train_bpe
 
 KINDS = ("char", "gpt2", "bpe")
 
 
 class CharTokenizer:
-    """One token per character; the vocabulary is the sorted set of characters in the training text."""
+    """One token per character; the vocabulary is the sorted set of characters in the training text, then
+    the special tokens (ids from ``len(chars)`` on, so they never collide with a character)."""
 
     kind = "char"
-    eot_id = None
 
-    def __init__(self, chars: str):
-        self.chars = chars
+    def __init__(self, chars: str, specials: Iterable[str] = DEFAULT_SPECIAL_TOKENS):
+        self.chars, self.specials = chars, tuple(specials)
         self.stoi = {ch: i for i, ch in enumerate(chars)}
+        self.special_stoi = {token: len(chars) + i for i, token in enumerate(self.specials)}
+        self.eot_id, self.pad_id, self.mask_id = (self.special_stoi.get(t) for t in (ENDOFTEXT, PAD, MASK))
+        self.special_ids = frozenset(self.special_stoi.values())
+        # a capturing group, so that split() keeps the special tokens written in a text
+        self.special_pattern = re.compile("(" + "|".join(map(re.escape, self.specials)) + ")") if specials else None
 
     @classmethod
     def fit(cls, texts: Iterable[str]) -> "CharTokenizer":
@@ -34,9 +43,18 @@ class CharTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return len(self.chars)
+        return len(self.chars) + len(self.specials)
 
     def encode(self, text: str) -> list[int]:
+        """Special tokens written in the text (``[MASK]``) become their ids."""
+        if self.special_pattern is None:
+            return self._encode_chars(text)
+        ids = []
+        for i, part in enumerate(self.special_pattern.split(text)):
+            ids.extend([self.special_stoi[part]] if i % 2 else self._encode_chars(part))
+        return ids
+
+    def _encode_chars(self, text: str) -> list[int]:
         try:
             return [self.stoi[ch] for ch in text]
         except KeyError:
@@ -45,10 +63,11 @@ class CharTokenizer:
                             "use only characters that occur in the training text") from None
 
     def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
+        n = len(self.chars)
+        return "".join(self.chars[i] if i < n else self.specials[i - n] for i in ids)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "chars": self.chars}
+        return {"kind": self.kind, "chars": self.chars, "specials": list(self.specials)}
 
 
 class TiktokenTokenizer:
@@ -56,7 +75,11 @@ class TiktokenTokenizer:
 
     def __init__(self, encoding: tiktoken.Encoding, kind: str):
         self.encoding, self.kind = encoding, kind
-        self.eot_id = encoding.encode_single_token(ENDOFTEXT) if ENDOFTEXT in encoding.special_tokens_set else None
+        self.eot_id, self.pad_id, self.mask_id = (self._special_id(t) for t in (ENDOFTEXT, PAD, MASK))
+        self.special_ids = frozenset(encoding.encode_single_token(t) for t in encoding.special_tokens_set)
+
+    def _special_id(self, token: str) -> int | None:
+        return self.encoding.encode_single_token(token) if token in self.encoding.special_tokens_set else None
 
     @property
     def vocab_size(self) -> int:
@@ -97,7 +120,7 @@ def tokenizer_from_dict(d: dict) -> Tokenizer:
     kind = d.get("kind")
     try:
         if kind == "char":
-            return CharTokenizer(d["chars"])
+            return CharTokenizer(d["chars"], d.get("specials", ()))  # older char tokenizers had no specials
         if kind == "gpt2":
             return TiktokenTokenizer(gpt2_encoding(), "gpt2")
         if kind == "bpe":

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from gpt import UserError, check_positive
 from gpt.callbacks import RunResult, read_result
 from gpt.checkpoint import check_tokenizer, find_resume_checkpoint, load_checkpoint, load_initial_weights
+from gpt.lm import MaskedLM
 from gpt.loggers import make_loggers, start_loggers, wandb_run_finished
 from gpt.model import count_parameters, format_count
 from gpt.sweeps import refuse_ddp_in_multirun
@@ -74,6 +75,21 @@ def resume_path(cfg: DictConfig) -> Path | None:
     return Path(cfg.ckpt_path)
 
 
+def check_data_fits(lm: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+    """Masked batches go with the masked LM only, and padded examples must fit the model's context."""
+    masked_batches = getattr(datamodule, "masks_tokens", False)
+    if masked_batches and not isinstance(lm, MaskedLM):
+        raise UserError("data.mlm_probability is set, which makes masked-LM batches, but the LM is causal; "
+                        "use lm=masked model.causal=false (experiment=mlm_char) or data.mlm_probability=null")
+    if isinstance(lm, MaskedLM) and not masked_batches:
+        raise UserError("lm=masked needs masked batches: data=shakespeare_paragraphs data.mlm_probability=0.15 "
+                        "(experiment=mlm_char sets both)")
+    max_length = getattr(datamodule, "max_length", 0)
+    if max_length > lm.model.block_size:
+        raise UserError(f"data.max_length={max_length} is longer than model.block_size={lm.model.block_size}; "
+                        "make it at most the model's context")
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train the configured model and return the best validation loss (the value sweeps optimise)."""
     check_config(cfg)
@@ -95,6 +111,7 @@ def train(cfg: DictConfig) -> float | None:
         check_tokenizer(resumed["tokenizer"], tokenizer, f"ckpt_path={ckpt_path}")
         log.info("resuming from %s", ckpt_path)
     lm = build_lm(cfg, tokenizer, {"config": plain_config, "tokenizer": tokenizer.to_dict(), "wandb_id": wandb_id})
+    check_data_fits(lm, datamodule)
 
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls

@@ -2,6 +2,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
+from gpt.padded import PaddedDataModule
 from gpt.training import auto_precision
 
 from conftest import REPO, compose_train
@@ -12,10 +13,19 @@ EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
     cfg = compose_train(f"experiment={experiment}", tmp_path=tmp_path)
-    model_config = instantiate(cfg.model, vocab_size=65)
-    assert model_config.build().block_size == cfg.data.block_size
-    assert instantiate(cfg.data).block_size == model_config.block_size
+    model_config = instantiate(cfg.model, vocab_size=68)
+    data = instantiate(cfg.data)
+    context = data.max_length if isinstance(data, PaddedDataModule) else data.block_size
+    assert model_config.build().block_size == context
+    make_lm = instantiate(cfg.lm, _partial_=True)
+    assert make_lm(model_config=model_config, optimizer=instantiate(cfg.optim)).model.block_size == context
     assert instantiate(cfg.trainer, precision=auto_precision(cfg.trainer.precision)).max_steps == cfg.trainer.max_steps
+
+
+def test_paragraph_data_composes_for_a_causal_lm(tmp_path):
+    cfg = compose_train("data=shakespeare_paragraphs", tmp_path=tmp_path)
+    data = instantiate(cfg.data)
+    assert data.max_length == cfg.model.block_size and data.example == "paragraph" and not data.masks_tokens
 
 
 @pytest.mark.parametrize("model", ["gpt", "bigram"])

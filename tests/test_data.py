@@ -19,8 +19,9 @@ def shakespeare_tokens(tmp_path_factory):
 
 def test_prepare_splits_90_10(shakespeare_tokens):
     out, meta = shakespeare_tokens
-    assert (meta["train_tokens"], meta["val_tokens"]) == (1003854, 111540)  # the canonical split
-    assert meta["dtype"] == "uint16" and meta["vocab_size"] == 65
+    # the canonical split (1003854, 111540) plus the end-of-text token after the document
+    assert (meta["train_tokens"], meta["val_tokens"]) == (1003854, 111541)
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == 65 + 3  # characters, then 3 special tokens
     train = np.memmap(out / "train.bin", dtype=np.uint16, mode="r")
     assert len(train) == meta["train_tokens"]
     assert json.loads((out / "tokenizer.json").read_text())["kind"] == "char"

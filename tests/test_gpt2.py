@@ -126,4 +126,4 @@ def test_checkpoint_of_another_tokenizer_is_refused(tiny_run, tmp_path):
     ckpt = tiny_run / "checkpoints" / "best.ckpt"  # trained on characters
     result = train_tiny(tmp_path / "run", "data=shakespeare_bpe", f"init_from={ckpt}")
     assert result.returncode == 2
-    assert "was trained with the char tokenizer (65 tokens) but the data uses the gpt2 tokenizer" in result.stderr
+    assert "was trained with the char tokenizer (68 tokens) but the data uses the gpt2 tokenizer" in result.stderr

@@ -134,3 +134,10 @@ def test_swiglu_keeps_the_mlp_parameter_count():
         return sum(p.numel() for p in tiny_gpt(n_embd=384, n_head=6, mlp=mlp, bias=False).build().blocks[0].mlp.parameters())
     assert mlp_params("swiglu") == mlp_params("gelu")  # hidden 2/3 * 4 * 384 = 1024 (a multiple of 64)
     assert abs(mlp_params("swiglu") / mlp_params("gelu") - 1) < 0.05
+
+
+def test_suppressed_tokens_are_never_generated():
+    torch.manual_seed(0)
+    model = tiny_gpt().build().eval()
+    out = model.generate([[1, 2]], max_new_tokens=200, temperature=2.0, suppress_ids={3, 4, 5})[0]
+    assert len(out) == 202 and not {3, 4, 5} & set(out[2:])

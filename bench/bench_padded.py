@@ -1,0 +1,62 @@
+"""Padding with and without length bucketing, and the accuracy a masked LM must beat.
+
+    python bench/bench_padded.py [--text PATH] [--example paragraph] [--batch-size 64] [--max-length 256]
+
+Prints the padding fraction (padded tokens / all tokens) of one epoch of training and validation batches,
+bucketed or not, and the validation accuracy of always predicting the most frequent training token at the
+masked positions (masking chooses uniformly among the real, non-special tokens).
+"""
+
+import argparse
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # run as a script, the package is not on the path
+
+from gpt.padded import PaddedDataModule, padding_fraction  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--text", type=Path, default=REPO_ROOT / "data" / "tinyshakespeare.txt")
+    parser.add_argument("--example", default="paragraph", choices=("line", "paragraph", "document"))
+    parser.add_argument("--tokenizer", default="char")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-length", type=int, default=256)
+    return parser.parse_args()
+
+
+def token_counts(dataset, special_ids) -> Counter:
+    counts = Counter()
+    for i in range(len(dataset)):
+        counts.update(t for t in dataset[i][1].tolist() if t not in special_ids)
+    return counts
+
+
+def main() -> None:
+    args = parse_args()
+    with tempfile.TemporaryDirectory() as cache_dir:
+        dm = PaddedDataModule(str(args.text), cache_dir, args.max_length, args.batch_size, args.example,
+                              args.tokenizer)
+        dm.prepare_data()
+        dm.setup()
+        print(f"{args.text.name}: {dm.meta['train_examples']} train and {dm.meta['examples'] - dm.meta['train_examples']}"
+              f" val {args.example}s, batch {args.batch_size}, max_length {args.max_length}")
+        print("| bucketing | train pad fraction | val pad fraction |\n|---|---|---|")
+        for bucketing in (False, True):
+            dm.bucketing = bucketing
+            print(f"| {'on' if bucketing else 'off'} | {padding_fraction(dm.train_dataloader()):.1%} "
+                  f"| {padding_fraction(dm.val_dataloader()):.1%} |")
+        tok = dm.tokenizer
+        train = token_counts(dm.dataset(0, dm.meta["train_examples"]), tok.special_ids)
+        val = token_counts(dm.dataset(dm.meta["train_examples"], dm.meta["examples"]), tok.special_ids)
+        top = train.most_common(1)[0][0]
+        print(f"always predicting {tok.decode([top])!r}, the most frequent training token: "
+              f"{val[top] / sum(val.values()):.3f} accuracy on masked val tokens")
+
+
+if __name__ == "__main__":
+    main()
