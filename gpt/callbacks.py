@@ -141,7 +141,7 @@ RESULT_FILE = "result.json"
 
 
 class RunResult(L.Callback):
-    """Writes the run's result, ``{"val_loss", "steps", "best_checkpoint"}``, to ``<output_dir>/result.json``
+    """Writes the run's result, ``{"val_loss", "best_step", "steps", "parameters", "best_checkpoint"}``, to ``<output_dir>/result.json``
     when fitting ends (and removes an older one when it starts).
 
     Rank 0 of the processes that trained writes it, so the result reaches the caller even from the workers of
@@ -157,7 +157,10 @@ class RunResult(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         checkpoint = trainer.checkpoint_callback
         if trainer.is_global_zero and checkpoint is not None and checkpoint.best_model_score is not None:
-            result = {"val_loss": checkpoint.best_model_score.item(), "steps": trainer.global_step,
+            best_step = torch.load(checkpoint.best_model_path, map_location="cpu", mmap=True,
+                                   weights_only=True)["global_step"]
+            result = {"val_loss": checkpoint.best_model_score.item(), "best_step": best_step,
+                      "steps": trainer.global_step, "parameters": count_parameters(pl_module.model),
                       "best_checkpoint": checkpoint.best_model_path}
             self.path.write_text(json.dumps(result, indent=1) + "\n")
 

@@ -16,9 +16,11 @@ from omegaconf import DictConfig
 
 from gpt import UserError
 from gpt.callbacks import read_result
+from gpt.model import format_count
 
 SUMMARY_FILE = "summary.csv"
-SUMMARY_COLUMNS = ["job", "val_loss", "steps", "wall_s", "status", "overrides", "error", "output_dir"]
+SUMMARY_COLUMNS = ["job", "val_loss", "best_step", "steps", "parameters", "wall_s", "status", "overrides", "error",
+                   "output_dir"]
 
 
 def in_multirun() -> bool:
@@ -75,7 +77,7 @@ def job_row(config: DictConfig, job_return: JobReturn, wall_s: float) -> dict:
     return {
         "job": config.hydra.job.num,
         "val_loss": "" if val_loss is None else val_loss,
-        "steps": read_result(output_dir).get("steps", ""),
+        **{key: read_result(output_dir).get(key, "") for key in ("best_step", "steps", "parameters")},
         "wall_s": round(wall_s, 1),
         "status": "completed" if completed else "failed",
         "overrides": config.hydra.job.override_dirname,
@@ -108,10 +110,12 @@ def format_summary(rows: list[dict], path: Path) -> str:
     lines = [f"sweep of {len(rows)} jobs, best val/loss first (also in {path})"]
     if shared:
         lines.append(f"every job: {' '.join(o for o in rows[0]['override_list'] if o in shared)}")
-    lines.append(f"{'job':>4} {'val/loss':>9} {'steps':>6} {'wall':>8}  overrides")
+    lines.append(f"{'job':>4} {'val/loss':>9} {'best at':>7} {'steps':>6} {'params':>8} {'wall':>8}  overrides")
     for row in rows:
         loss = f"{row['val_loss']:.4f}" if row["val_loss"] != "" else row["status"]
         own = " ".join(o for o in row["override_list"] if o not in shared) or "(none)"
         note = f"  ({row['error']})" if row["error"] else ""
-        lines.append(f"{row['job']:>4} {loss:>9} {row['steps']!s:>6} {row['wall_s']:>7.1f}s  {own}{note}")
+        params = format_count(row["parameters"]) if row["parameters"] != "" else ""
+        lines.append(f"{row['job']:>4} {loss:>9} {row['best_step']!s:>7} {row['steps']!s:>6} {params:>8} "
+                     f"{row['wall_s']:>7.1f}s  {own}{note}")
     return "\n".join(lines)

@@ -69,3 +69,13 @@ def test_sweep_configs_choose_their_sweeper(sweep, sweeper, tmp_path):
     cfg = compose_train(f"sweep={sweep}", tmp_path=tmp_path, return_hydra_config=True)
     assert cfg.hydra.sweeper._target_.endswith(sweeper)
     assert {"optim.lr", "model.dropout"} <= set(cfg.hydra.sweeper.params)
+
+
+def test_ablation_sweep_covers_each_option_alone_and_together(tmp_path):
+    cfg = compose_train("sweep=ablation", tmp_path=tmp_path, return_hydra_config=True)
+    arches = cfg.hydra.sweeper.params["+arch"].split(",")
+    assert arches == ["gpt2", "rope", "swiglu", "rmsnorm", "all"]
+    for arch in arches:
+        model = compose_train(f"+arch={arch}", "experiment=shakespeare_char", tmp_path=tmp_path).model
+        assert instantiate(model, vocab_size=68).n_layer == 6
+    assert compose_train("+arch=all", tmp_path=tmp_path).model.mlp == "swiglu"
