@@ -50,18 +50,19 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def find_resume_checkpoint(checkpoint_dir: Path) -> Path:
-    """The checkpoint to resume from: ``last.ckpt``, or, if it is unreadable, the newest readable one."""
+def find_resume_checkpoint(checkpoint_dir: Path) -> tuple[Path, dict]:
+    """(path, contents) of the checkpoint to resume from: ``last.ckpt``, or, if it is unreadable, the
+    newest readable one."""
     candidates = sorted(checkpoint_dir.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
     for path in candidates:
         try:
-            load_checkpoint(path)
+            checkpoint = load_checkpoint(path)
         except UserError as e:
             log.warning("skipping %s: %s", path.name, e)
             continue
         if path.name != "last.ckpt":
             log.warning("resuming from %s instead of last.ckpt", path)
-        return path
+        return path, checkpoint
     raise UserError(f"no readable checkpoint in {checkpoint_dir} to resume from; "
                     "run in the directory of an earlier run (hydra.run.dir=...) or pass ckpt_path=<file>")
 

@@ -66,13 +66,16 @@ def auto_precision(precision: str) -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def resume_path(cfg: DictConfig) -> Path | None:
-    """``ckpt_path=last`` means the newest good checkpoint of this run directory."""
+def resume_from(cfg: DictConfig) -> tuple[Path | None, dict]:
+    """(checkpoint path, its metadata) to resume from, or (None, {}) for a fresh run; ``ckpt_path=last``
+    means the newest good checkpoint of this run directory."""
     if not cfg.get("ckpt_path"):
-        return None
+        return None, {}
     if cfg.ckpt_path == "last":
-        return find_resume_checkpoint(Path(cfg.paths.output_dir) / "checkpoints")
-    return Path(cfg.ckpt_path)
+        path, checkpoint = find_resume_checkpoint(Path(cfg.paths.output_dir) / "checkpoints")
+    else:
+        path, checkpoint = Path(cfg.ckpt_path), load_checkpoint(cfg.ckpt_path)
+    return path, checkpoint["gpt"]
 
 
 def check_data_fits(lm: L.LightningModule, datamodule: L.LightningDataModule) -> None:
@@ -98,8 +101,7 @@ def train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     plain_config = OmegaConf.to_container(cfg, resolve=True)
-    ckpt_path = resume_path(cfg)
-    resumed = load_checkpoint(ckpt_path)["gpt"] if ckpt_path else {}
+    ckpt_path, resumed = resume_from(cfg)
     # a resumed run continues its W&B run instead of starting a new one
     wandb_id = resumed.get("wandb_id") or secrets.token_hex(4)
     loggers = make_loggers(cfg.get("logger"), wandb_id)
