@@ -67,10 +67,15 @@ def find_resume_checkpoint(checkpoint_dir: Path) -> tuple[Path, dict]:
                     "run in the directory of an earlier run (hydra.run.dir=...) or pass ckpt_path=<file>")
 
 
+def uncompiled(state_dict: dict) -> dict:
+    """The state dict without the ``_orig_mod.`` that a ``torch.compile``d module puts in its keys."""
+    return {key.replace("_orig_mod.", ""): value for key, value in state_dict.items()}
+
+
 def model_state(state_dict: dict) -> dict:
-    """The plain model's weights from a LightningModule state dict, compiled (``_orig_mod.``) or not."""
-    return {key.removeprefix("model.").replace("_orig_mod.", ""): value
-            for key, value in state_dict.items() if key.startswith("model.")}
+    """The plain model's weights from a LightningModule state dict, compiled or not."""
+    return {key.removeprefix("model."): value for key, value in uncompiled(state_dict).items()
+            if key.startswith("model.")}
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, object, DictConfig]:

@@ -74,8 +74,7 @@ def prepare(text_path: str | Path, out_dir: str | Path, tokenizer: str = "char",
     processes; tokenizers with an end-of-text token get one after each document (file)."""
     text_path, out_dir = Path(text_path), Path(out_dir)
     files = text_files(text_path)
-    if not isinstance(val_fraction, float) or not 0 < val_fraction < 1:
-        raise UserError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+    check_val_fraction(val_fraction)
     source = describe_source(files, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction)
     if meta := current_meta(out_dir, source):
         return meta
@@ -89,10 +88,15 @@ def prepare(text_path: str | Path, out_dir: str | Path, tokenizer: str = "char",
     pieces = _split_pieces(read_documents(files), split_at=int(n_chars * (1 - val_fraction)))
     num_proc = min(num_proc or os.cpu_count() or 1, n_chars // CHUNK_CHARS + 1)
     counts = _write_token_files(pieces, out_dir, tok, dtype, n_chars, num_proc)
-    _atomic_write_text(out_dir / "tokenizer.json", json.dumps(tok.to_dict()))
+    atomic_write_text(out_dir / "tokenizer.json", json.dumps(tok.to_dict()))
     meta = {"source": source, "dtype": dtype.name, "vocab_size": tok.vocab_size, **counts}
-    _atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2))
+    atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2))
     return meta
+
+
+def check_val_fraction(val_fraction: float) -> None:
+    if not isinstance(val_fraction, float) or not 0 < val_fraction < 1:
+        raise UserError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
 
 
 def describe_source(files: list[Path], **options) -> dict:
@@ -124,12 +128,12 @@ def _split_pieces(documents: Iterator[tuple[str, bool]], split_at: int) -> Itera
 _worker_tokenizer = None
 
 
-def _start_worker(tokenizer_dict: dict) -> None:
+def start_encoding_worker(tokenizer_dict: dict) -> None:
     global _worker_tokenizer
     _worker_tokenizer = tokenizer_from_dict(tokenizer_dict)
 
 
-def _encode_piece(piece: tuple[str, str, bool]) -> tuple[str, list[int], int]:
+def encode_piece(piece: tuple[str, str, bool]) -> tuple[str, list[int], int]:
     split, text, document_ends = piece
     ids = _worker_tokenizer.encode(text)
     if document_ends and _worker_tokenizer.eot_id is not None:
@@ -145,9 +149,9 @@ def _write_token_files(pieces: Iterator[tuple[str, str, bool]], out_dir: Path, t
     progress = tqdm(total=n_chars, unit="char", unit_scale=True, desc=f"tokenizing ({tok.kind})",
                     disable=n_chars <= CHUNK_CHARS)
     try:
-        with multiprocessing.get_context("fork").Pool(num_proc, _start_worker, (tok.to_dict(),)) as pool:
+        with multiprocessing.get_context("fork").Pool(num_proc, start_encoding_worker, (tok.to_dict(),)) as pool:
             while batch := list(itertools.islice(pieces, 2 * num_proc)):
-                for split, ids, n in pool.map(_encode_piece, batch):
+                for split, ids, n in pool.map(encode_piece, batch):
                     np.asarray(ids, dtype=dtype).tofile(files[split])
                     counts[f"{split}_tokens"] += len(ids)
                     progress.update(n)
@@ -160,7 +164,7 @@ def _write_token_files(pieces: Iterator[tuple[str, str, bool]], out_dir: Path, t
     return counts
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

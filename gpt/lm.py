@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
 from gpt import TrainingDiverged, UserError
+from gpt.checkpoint import uncompiled
 from gpt.model import Block
 from gpt.padded import IGNORE_INDEX
 
@@ -113,8 +114,7 @@ class LanguageModel(L.LightningModule):
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # weights saved from a torch.compile'd model carry an "_orig_mod." prefix
-        checkpoint["state_dict"] = {k.replace("_orig_mod.", ""): v for k, v in checkpoint["state_dict"].items()}
+        checkpoint["state_dict"] = uncompiled(checkpoint["state_dict"])
         self._rng_to_restore = checkpoint.get("rng")
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:

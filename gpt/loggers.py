@@ -56,12 +56,13 @@ def make_loggers(group: DictConfig | None, wandb_id: str | None = None) -> list[
         if node is None:
             continue
         target = node.get("_target_", "")
-        if target.endswith("WandbLogger"):
+        is_wandb = target.endswith("WandbLogger")
+        if is_wandb:
             use_wandb_offline_without_key()
         if target.endswith("TensorBoardLogger") and not any(
                 importlib.util.find_spec(package) for package in ("tensorboard", "tensorboardX")):
             raise UserError(f"logger.{name} needs the tensorboard package: pip install tensorboard")
-        extra = {"id": wandb_id, "resume": "allow"} if target.endswith("WandbLogger") and wandb_id else {}
+        extra = {"id": wandb_id, "resume": "allow"} if is_wandb and wandb_id else {}
         loggers.append(instantiate(node, **extra))
     return loggers
 

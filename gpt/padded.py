@@ -21,10 +21,10 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from gpt import UserError
+from gpt import UserError, check_positive
 from gpt.bpe import ENDOFTEXT
-from gpt.data import (CHUNK_CHARS, _atomic_write_text, _encode_piece, _start_worker, current_meta, describe_source,
-                      prepared_dir, read_chunks, text_files, token_dtype)
+from gpt.data import (CHUNK_CHARS, atomic_write_text, check_val_fraction, current_meta, describe_source,
+                      encode_piece, prepared_dir, read_chunks, start_encoding_worker, text_files, token_dtype)
 from gpt.tokenizers import fit_tokenizer, tokenizer_from_dict
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,7 @@ def prepare_examples(text_path: str | Path, out_dir: str | Path, example: str = 
     text_path, out_dir = Path(text_path), Path(out_dir)
     if example not in EXAMPLES:
         raise UserError(f"data.example={example!r} is not a valid option; choose one of {', '.join(EXAMPLES)}")
-    if not 0 < val_fraction < 1:
-        raise UserError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+    check_val_fraction(val_fraction)
     files = text_files(text_path)
     source = describe_source(files, example=example, tokenizer=tokenizer, vocab_size=vocab_size,
                              val_fraction=val_fraction)
@@ -105,10 +104,10 @@ def prepare_examples(text_path: str | Path, out_dir: str | Path, example: str = 
     with open(out_dir / "offsets.npy.tmp", "wb") as f:
         np.save(f, offsets)
     os.replace(out_dir / "offsets.npy.tmp", out_dir / "offsets.npy")
-    _atomic_write_text(out_dir / "tokenizer.json", json.dumps(tok.to_dict()))
+    atomic_write_text(out_dir / "tokenizer.json", json.dumps(tok.to_dict()))
     meta = {"source": source, "dtype": token_dtype(tok.vocab_size).name, "vocab_size": tok.vocab_size,
             "examples": len(lengths), "train_examples": n_train, "skipped_empty": skipped, "tokens": int(offsets[-1])}
-    _atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2))
+    atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2))
     return meta
 
 
@@ -119,11 +118,11 @@ def _write_examples(texts: Iterator[str], path: Path, tok, num_proc: int) -> tup
     dtype = token_dtype(tok.vocab_size)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f, \
-            multiprocessing.get_context("fork").Pool(num_proc, _start_worker, (tok.to_dict(),)) as pool:
+            multiprocessing.get_context("fork").Pool(num_proc, start_encoding_worker, (tok.to_dict(),)) as pool:
         while batch := list(itertools.islice(texts, 4096)):
             pieces = [("", text, True) for text in batch if text.strip()]  # True: append the end token
             skipped += len(batch) - len(pieces)
-            for _, ids, _ in pool.map(_encode_piece, pieces, chunksize=64):
+            for _, ids, _ in pool.map(encode_piece, pieces, chunksize=64):
                 np.asarray(ids, dtype=dtype).tofile(f)
                 lengths.append(len(ids))
     os.replace(tmp, path)
@@ -274,11 +273,11 @@ class PaddedDataModule(L.LightningDataModule):
                  mlm_probability: float | None = None, mlm_mask_fraction: float = 0.8,
                  mlm_random_fraction: float = 0.1, num_workers: int = 0, seed: int = 1337):
         super().__init__()
+        check_positive("data.max_length", max_length)
         if max_length < 2:
             raise UserError(f"data.max_length must be at least 2 tokens, got {max_length}")
-        if batch_size <= 0 or bucket_batches <= 0:
-            raise UserError(f"data.batch_size and data.bucket_batches must be positive, got {batch_size} and "
-                            f"{bucket_batches}")
+        check_positive("data.batch_size", batch_size)
+        check_positive("data.bucket_batches", bucket_batches)
         if mlm_probability is not None:
             check_masking(mlm_probability, mlm_mask_fraction, mlm_random_fraction)
         self.text_path, self.example = Path(text_path), example
