@@ -3,14 +3,17 @@
 A masked-LM checkpoint fills the ``[MASK]`` tokens of the prompt instead: ``'prompt="To be, or not to [MASK]e"'``.
 """
 
+import re
+import sys
+
 import hydra
 import torch
 from omegaconf import DictConfig, ListConfig
 
 from gpt import UserError
 from gpt.checkpoint import model_from_checkpoint
-from gpt.cli import report_user_errors
-from gpt.lm import fill_masks
+from gpt.cli import check_required, report_user_errors
+from gpt.model import fill_masks
 
 
 def sample(cfg: DictConfig) -> list[str]:
@@ -47,12 +50,30 @@ def describe_filled(model, tokenizer, prompt: str, candidates: int) -> str:
     return "\n".join(lines)
 
 
+def quote_prompt(args: list[str]) -> list[str]:
+    """Hydra reads ``key=value`` with a grammar of its own, in which a value with spaces, commas or letters
+    beyond ASCII (``prompt=Roméo``) must be quoted. Quote a plain ``prompt=`` value, so that any text works;
+    a quoted value or a list of prompts (``prompt=[ROMEO:,JULIET:]``) is left as it is."""
+    quoted = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        is_list = value.startswith("[") and value.endswith("]") and "," in value
+        if key == "prompt" and value and value[0] not in "'\"" and not is_list:
+            # in Hydra's quoted values, backslashes escape only a quote or the backslashes before one
+            escaped = re.sub(r"(\\*)('|$)", lambda m: 2 * m.group(1) + ("\\'" if m.group(2) else ""), value)
+            arg = f"prompt='{escaped}'"
+        quoted.append(arg)
+    return quoted
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
     with report_user_errors():
+        check_required(cfg, "python sample.py")
         for i, text in enumerate(sample(cfg)):
             print(f"--- sample {i + 1}\n{text}")
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_prompt(sys.argv[1:])
     main()

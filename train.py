@@ -4,12 +4,16 @@ import hydra
 from omegaconf import DictConfig
 
 from gpt.cli import report_user_errors
-from gpt.training import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     with report_user_errors():
+        # imported once Hydra has composed the config and set up logging: a bad override fails without waiting
+        # seconds for Lightning, and Lightning's warnings go to the run's log
+        from gpt.training import train
+
+
         return train(cfg)
 
 

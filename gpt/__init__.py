@@ -1,4 +1,9 @@
-"""gpt: train GPT-style language models with PyTorch Lightning and Hydra."""
+"""gpt: train GPT-style language models with PyTorch Lightning and Hydra.
+
+This module holds what every layer of the package shares: its errors, checks and constants.
+"""
+
+IGNORE_INDEX = -100  # the label of positions without a loss (cross_entropy's default ignore_index)
 
 
 class UserError(Exception):

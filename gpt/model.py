@@ -12,8 +12,9 @@ from torch.utils.checkpoint import checkpoint
 from gpt import UserError, check_positive
 
 POSITIONS = ("learned", "rope")
-MLPS = ("gelu", "swiglu")
+MLPS = ("gelu", "gelu_tanh", "swiglu")  # gelu: exact (erf); gelu_tanh: GPT-2's tanh approximation
 NORMS = ("layernorm", "rmsnorm")
+PARAMETRIZATIONS = ("standard", "mup")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -50,12 +51,17 @@ class GPTConfig:
     rope_base: float = 10000.0
     causal: bool = True  # False: bidirectional attention, for masked-LM training
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
+    # mup: the maximal update parametrization (Tensor Programs V), under which the best learning rate found at
+    # base_width carries over to wider models; at n_embd == base_width it equals the standard one
+    parametrization: str = "standard"
+    base_width: int = 128
 
     def __post_init__(self):
         _check_fields(self)
         _check_choice("pos", self.pos, POSITIONS)
         _check_choice("mlp", self.mlp, MLPS)
         _check_choice("norm", self.norm, NORMS)
+        _check_choice("parametrization", self.parametrization, PARAMETRIZATIONS)
         if self.n_embd % self.n_head:
             raise UserError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
         if self.pos == "rope" and self.head_dim % 2:
@@ -70,6 +76,17 @@ class GPTConfig:
     @property
     def padded_vocab_size(self) -> int:
         return math.ceil(self.vocab_size / self.pad_vocab_multiple) * self.pad_vocab_multiple
+
+    @property
+    def width_mult(self) -> float:
+        """How many times wider than ``base_width`` the model is under μP; 1 in the standard parametrization."""
+        return self.n_embd / self.base_width if self.parametrization == "mup" else 1.0
+
+    @property
+    def attention_scale(self) -> float:
+        """1/sqrt(head_dim) in the standard parametrization; μP scales by 1/head_dim instead, with the factor
+        that makes both agree at the base width (widen n_embd, not n_head)."""
+        return 1 / math.sqrt(self.head_dim * self.width_mult)
 
     def build(self) -> "GPT":
         return GPT(self)
@@ -110,9 +127,12 @@ class KVCache:
 class Generator(nn.Module):
     """Autoregressive sampling for a model mapping token ids (B, T) to logits (B, T, V).
 
-    Prompts of different lengths go in one batch, left-padded, with an attention mask. Models with a
-    ``new_cache`` method keep a KV cache: once it holds ``block_size`` tokens it is refilled with the
-    last half of the context, so generation can run past the context length."""
+    Prompts of different lengths go in one batch, left-padded, with an attention mask; each prompt gets the
+    tokens it would get alone. Each new token is predicted from the last ``block_size`` tokens of its sequence.
+    Models with a ``new_cache`` method keep a KV cache while the sequence fits the context, so that each new
+    token costs one step. Past ``block_size`` tokens the window slides, which changes every cached key and value:
+    each new token is then computed afresh from the last ``block_size`` tokens. The cache therefore never changes
+    the tokens, only the speed up to ``block_size``."""
 
     block_size: int
     vocab_size: int
@@ -128,17 +148,13 @@ class Generator(nn.Module):
         padded = not bool(mask.all())  # without padding, attention needs no mask tensor
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
-            if use_cache and hasattr(self, "new_cache"):
-                if cache is None or cache.length == self.block_size:
-                    keep = self.block_size if cache is None else self.block_size // 2
-                    cache = self.new_cache(idx.size(0))
-                    logits = self(idx[:, -keep:], attention_mask=mask[:, -keep:] if padded else None, cache=cache)
-                else:
-                    window = mask[:, -cache.length - 1:] if padded else None
-                    logits = self(idx[:, -1:], attention_mask=window, cache=cache)
+            if use_cache and hasattr(self, "new_cache") and idx.size(1) <= self.block_size:
+                new = idx if cache is None else idx[:, -1:]  # the cache holds every column before the last
+                cache = cache or self.new_cache(idx.size(0))
+                logits = self(new, attention_mask=mask if padded else None, cache=cache)
             else:
                 logits = self(idx[:, -self.block_size:], attention_mask=mask[:, -self.block_size:] if padded else None)
-            next_logits = logits[:, -1, : self.vocab_size]
+            next_logits = logits[:, -1]
             if suppress_ids:
                 next_logits = next_logits.index_fill(-1, torch.tensor(list(suppress_ids), device=idx.device),
                                                      float("-inf"))
@@ -195,6 +211,37 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None = No
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
 
 
+@torch.no_grad()
+def fill_masks(model: nn.Module, ids: list[int], mask_id: int, special_ids: Collection[int],
+               top_k: int) -> tuple[list[int], list[list[tuple[int, float]]]]:
+    """Predict every ``mask_id`` of ``ids`` at once with a masked LM: (``ids`` with each mask replaced by its
+    most likely token, and for each mask its ``top_k`` candidates as (token id, probability)). Special
+    tokens are never candidates."""
+    device = next(model.parameters()).device
+    logits = model(torch.tensor([ids], device=device))[0].float()
+    logits[:, list(special_ids)] = float("-inf")
+    positions = [i for i, token in enumerate(ids) if token == mask_id]
+    probs, candidates = logits[positions].softmax(dim=-1).topk(min(top_k, model.vocab_size - len(special_ids)), dim=-1)
+    filled = list(ids)
+    for position, best in zip(positions, candidates[:, 0].tolist()):
+        filled[position] = best
+    return filled, [list(zip(c, p)) for c, p in zip(candidates.tolist(), probs.tolist())]
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    """Parameter groups for AdamW: weight decay on matrices only, not on biases, norms and gains. Under μP the
+    hidden matrices learn at lr / width_mult (the ``lr_scale`` of their group), the rest at lr."""
+    hidden = {id(p) for p in model.hidden_matrices()} if hasattr(model, "hidden_matrices") else set()
+    width_mult = getattr(getattr(model, "config", None), "width_mult", 1.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2 and id(p) not in hidden]},
+        {"params": [p for p in params if id(p) in hidden], "lr_scale": 1 / width_mult},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable weights, tied embeddings counted once and vocabulary padding rows not at all."""
     n = sum(p.numel() for p in model.parameters())
@@ -249,6 +296,7 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.dropout = config.dropout
+        self.scale = config.attention_scale
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -263,7 +311,7 @@ class SelfAttention(nn.Module):
             q, k = self.rotary(q, positions), self.rotary(k, positions)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.resid_dropout(self.proj(y.transpose(1, 2).contiguous().view(B, T, C)))
 
@@ -272,6 +320,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.gated = config.mlp == "swiglu"
+        self.gelu = "tanh" if config.mlp == "gelu_tanh" else "none"
         # SwiGLU has three matrices instead of two: a hidden size of 2/3 * 4 * n_embd keeps the
         # parameter count of the 4x GELU MLP (rounded up to a multiple of 64).
         hidden = 64 * math.ceil(8 * config.n_embd / 3 / 64) if self.gated else 4 * config.n_embd
@@ -285,7 +334,7 @@ class MLP(nn.Module):
             gate, value = h.chunk(2, dim=-1)
             h = F.silu(gate) * value
         else:
-            h = F.gelu(h, approximate="tanh")  # GPT-2's GELU
+            h = F.gelu(h, approximate=self.gelu)
         return self.dropout(self.proj(h))
 
 
@@ -315,9 +364,12 @@ class GPT(Generator):
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
-        for name, param in self.named_parameters():
-            if name.endswith("proj.weight"):  # residual projections, scaled as in GPT-2
-                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        for name, param in self.blocks.named_parameters():
+            if param.dim() == 2:  # hidden matrices: under μP their variance falls as 1/width
+                std = 0.02 / math.sqrt(config.width_mult)
+                if name.endswith("proj.weight"):  # residual projections, scaled as in GPT-2
+                    std /= math.sqrt(2 * config.n_layer)
+                nn.init.normal_(param, mean=0.0, std=std)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -326,6 +378,9 @@ class GPT(Generator):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        """The weights whose both dimensions grow with the width (μP scales their learning rate)."""
+        return [p for p in self.blocks.parameters() if p.dim() == 2]
 
     def new_cache(self, batch: int) -> KVCache:
         c, weight = self.config, self.wte.weight
@@ -333,7 +388,7 @@ class GPT(Generator):
 
     def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, T, padded vocab) for token ids ``idx`` (B, T).
+        """Logits (B, T, vocab) for token ids ``idx`` (B, T).
 
         attention_mask: (B, keys) with True at real tokens; keys are the cached tokens then ``idx``.
         positions: (B, T) position of each token; by default counted over the real tokens."""
@@ -356,7 +411,11 @@ class GPT(Generator):
                 x = block(x, positions, mask, is_causal, cache, layer)
         if cache is not None:
             cache.length += T
-        return self.lm_head(self.norm_f(x))
+        logits = self.lm_head(self.norm_f(x))
+        if self.config.width_mult != 1:  # μP: the readout shrinks as the model widens
+            logits = logits / self.config.width_mult
+        # the rows that pad the vocabulary to a multiple are no tokens: they never receive probability
+        return logits[..., :self.vocab_size]
 
     def _attention_mask(self, attention_mask: torch.Tensor | None, B: int, T: int, past: int,
                         device: torch.device) -> tuple[torch.Tensor | None, bool]:

@@ -1,42 +1,21 @@
-"""Hydra multiruns (``python train.py -m ...``): the summary table of a sweep and the checks around it."""
+"""Hydra multiruns (``python train.py -m ...``): the summary table of a sweep."""
 
 import csv
 import math
 import time
 from pathlib import Path
 
-import lightning as L
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
-from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from gpt import UserError
 from gpt.callbacks import read_result
 from gpt.model import format_count
 
 SUMMARY_FILE = "summary.csv"
 SUMMARY_COLUMNS = ["job", "val_loss", "best_step", "steps", "parameters", "wall_s", "status", "overrides", "error",
                    "output_dir"]
-
-
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def refuse_ddp_in_multirun(trainer: L.Trainer) -> None:
-    """Lightning's ``ddp`` starts each extra rank by running the command line again, which inside ``-m`` would
-    start the whole sweep again in every rank; stop before that happens."""
-    launcher = trainer.strategy.launcher
-    relaunches_script = (isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
-                         and not launcher.cluster_environment.creates_processes_externally)
-    if relaunches_script and in_multirun():
-        raise UserError("trainer.strategy=ddp cannot run inside a multirun (-m): each DDP process would start the "
-                        "sweep again; use trainer.strategy=ddp_spawn, start the sweep with torchrun, or run one "
-                        "W&B agent per GPU (README: multi-GPU sweeps)")
 
 
 class SweepSummary(Callback):
@@ -72,20 +51,27 @@ class SweepSummary(Callback):
 
 def job_row(config: DictConfig, job_return: JobReturn, wall_s: float) -> dict:
     output_dir = Path(config.hydra.runtime.output_dir)
-    completed = job_return.status == JobStatus.COMPLETED
-    val_loss = job_return.return_value if completed else None
+    result = read_result(output_dir)
     return {
         "job": config.hydra.job.num,
-        "val_loss": "" if val_loss is None else val_loss,
-        **{key: read_result(output_dir).get(key, "") for key in ("best_step", "steps", "parameters")},
+        "val_loss": result.get("val_loss", ""),
+        **{key: result.get(key, "") for key in ("best_step", "steps", "parameters")},
         "wall_s": round(wall_s, 1),
-        "status": "completed" if completed else "failed",
+        "status": "completed" if job_return.status == JobStatus.COMPLETED else "failed",
         "overrides": config.hydra.job.override_dirname,
         "override_list": [o for o in job_return.overrides if o.split("=", 1)[0] not in excluded_keys(config)],
-        # the public return_value of a failed job raises its exception
-        "error": "" if completed else first_line(job_return._return_value),
+        "error": job_error(job_return),
         "output_dir": str(output_dir),
     }
+
+
+def job_error(job_return: JobReturn) -> str:
+    """The first line of a failed job's error ('' for a job that completed): its return value raises it."""
+    try:
+        job_return.return_value
+    except Exception as e:
+        return first_line(e)
+    return ""
 
 
 def excluded_keys(config: DictConfig) -> set[str]:

@@ -1,30 +1,28 @@
 """GPT-2 family: BPE data, configs and parameter counts, Hugging Face weight interop, init_from."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from gpt import UserError
 from gpt.checkpoint import load_initial_weights
-from gpt.data import prepare, token_dtype
+from gpt.corpus import prepare_windows, token_dtype
 from gpt.hf import from_hf, read_hf_state_dict, save_hf
 from gpt.model import GPTConfig, count_parameters
 from gpt.tokenizers import fit_tokenizer, tokenizer_from_dict
 
-from conftest import REPO, SHAKESPEARE, train_tiny
+from conftest import SHAKESPEARE, compose_train, run_script, train_tiny
 
 transformers = pytest.importorskip("transformers")
 
 
 @pytest.mark.parametrize("name, published", [("gpt2", 124_439_808), ("gpt2-medium", 354_823_168),
                                              ("gpt2-large", 774_030_080), ("gpt2-xl", 1_557_611_200)])
-def test_gpt2_parameter_counts(name, published):
-    config = instantiate(OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml"), vocab_size=50257)
+def test_gpt2_parameter_counts(name, published, tmp_path):
+    cfg = compose_train(f"model={name}", tmp_path=tmp_path)
+    assert cfg.data.tokenizer == "gpt2"  # a GPT-2 model means GPT-2's tokens
+    config = instantiate(cfg.model, vocab_size=50257)
     assert config.padded_vocab_size == 50304
     with torch.device("meta"):
         assert count_parameters(config.build()) == published
@@ -43,7 +41,7 @@ def test_tokenizer_kinds_share_one_interface():
 
 
 def test_prepare_with_gpt2_appends_end_of_text(tmp_path):
-    meta = prepare(SHAKESPEARE, tmp_path, tokenizer="gpt2")
+    meta = prepare_windows(SHAKESPEARE, tmp_path, tokenizer="gpt2")
     assert (meta["train_tokens"], meta["val_tokens"]) == (301_966, 36_060)  # nanoGPT's split, plus <|endoftext|>
     val = np.memmap(tmp_path / "val.bin", dtype=meta["dtype"], mode="r")
     assert meta["dtype"] == "uint16" and val[-1] == 50256
@@ -55,7 +53,7 @@ def test_prepare_a_directory_of_documents(tmp_path):
     docs.mkdir()
     for i in range(3):
         (docs / f"{i}.txt").write_text(f"Document number {i}.\n" * 20)
-    meta = prepare(docs, tmp_path / "out", tokenizer="gpt2", num_proc=2)
+    meta = prepare_windows(docs, tmp_path / "out", tokenizer="gpt2", num_proc=2)
     tokens = np.concatenate([np.fromfile(tmp_path / "out" / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
     assert (tokens == 50256).sum() == 3 and tokens[-1] == 50256
     assert meta["train_tokens"] + meta["val_tokens"] == len(tokens)
@@ -70,7 +68,7 @@ def small_hf_model(vocab_size=100, n_positions=32):
 
 def our_config(**changes):
     return GPTConfig(**{"vocab_size": 100, "block_size": 32, "n_layer": 2, "n_head": 4, "n_embd": 64,
-                        "pad_vocab_multiple": 64, **changes})
+                        "pad_vocab_multiple": 64, "mlp": "gelu_tanh", **changes})
 
 
 def test_hf_import_matches_hf_logits(tmp_path):
@@ -116,8 +114,8 @@ def test_fine_tune_from_hf_weights_on_bpe_data(tmp_path):
                         "trainer.max_steps=10", "trainer.val_check_interval=10", model=model)
     assert result.returncode == 0, result.stderr
     assert "initialised the weights from" in (tmp_path / "run" / "train.log").read_text()
-    export = subprocess.run([sys.executable, "-m", "gpt.hf", str(tmp_path / "run" / "checkpoints" / "last.ckpt"),
-                             str(tmp_path / "export")], cwd=REPO, capture_output=True, text=True)
+    export = run_script("export.py", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+                        f"out_dir={tmp_path / 'export'}")
     assert export.returncode == 0, export.stderr
     assert transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "export").config.n_layer == 2
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from conftest import train_tiny
-from gpt.loggers import use_wandb_offline_without_key
+from gpt.loggers import wandb_offline
 from wandb_offline import offline_runs
 
 
@@ -39,8 +39,7 @@ def test_no_key_means_offline(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
-    use_wandb_offline_without_key()
-    assert os.environ["WANDB_MODE"] == "offline"
+    assert wandb_offline()
 
 
 @pytest.mark.parametrize("setup", ["api key", "netrc", "explicit mode"])
@@ -54,8 +53,7 @@ def test_a_configured_key_or_mode_is_left_alone(setup, monkeypatch, tmp_path):
         (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "x" * 40 + "\n")
     else:
         monkeypatch.setenv("WANDB_MODE", "disabled")
-    use_wandb_offline_without_key()
-    assert os.environ.get("WANDB_MODE") == ("disabled" if setup == "explicit mode" else None)
+    assert not wandb_offline()
 
 
 def test_resumed_training_continues_its_wandb_run(tmp_path, wandb_env):

@@ -9,8 +9,9 @@ from torch.utils.data import DataLoader
 from gpt import UserError
 from gpt.lm import CausalLM, MaskedLM
 from gpt.model import GPTConfig
-from gpt.padded import (Examples, LengthGroupedSampler, MaskingCollate, PadCollate, PaddedDataModule,
-                        padding_fraction, prepare_examples)
+from gpt.corpus import prepare_examples
+from gpt.examples import (Examples, ExamplesDataModule, LengthGroupedSampler, MaskingCollate, PadCollate,
+                          padding_fraction)
 from gpt.tokenizers import tokenizer_from_dict
 from gpt.training import check_data_fits
 
@@ -20,7 +21,7 @@ from conftest import SHAKESPEARE
 @pytest.fixture(scope="module")
 def paragraphs(tmp_path_factory):
     """Tiny Shakespeare's paragraphs, prepared once: (data module, tokenizer)."""
-    dm = PaddedDataModule(str(SHAKESPEARE), str(tmp_path_factory.mktemp("data")), max_length=256, batch_size=64)
+    dm = ExamplesDataModule(str(SHAKESPEARE), str(tmp_path_factory.mktemp("data")), max_length=256, batch_size=64)
     dm.prepare_data()
     dm.setup()
     return dm, dm.tokenizer
@@ -54,9 +55,9 @@ def test_lines_paragraphs_and_documents(tmp_path):
 
 def test_empty_examples_are_counted_in_the_log(tmp_path, caplog):
     (tmp_path / "t.txt").write_text("one\n\ntwo\n\n\nthree\nfour\n")
-    dm = PaddedDataModule(str(tmp_path / "t.txt"), str(tmp_path), max_length=3, batch_size=2, example="line")
+    dm = ExamplesDataModule(str(tmp_path / "t.txt"), str(tmp_path), max_length=3, batch_size=2, example="line")
     dm.prepare_data()
-    with caplog.at_level(logging.INFO, logger="gpt.padded"):
+    with caplog.at_level(logging.INFO, logger="gpt.examples"):
         dm.setup()
     assert "3 train and 1 val lines (3 empty skipped); 4 cut to max_length=3 tokens" in caplog.text
 
@@ -80,12 +81,12 @@ def test_texts_without_enough_examples(tmp_path, text, example, message):
 ])
 def test_bad_options(tmp_path, options, message):
     with pytest.raises(UserError, match=message):
-        PaddedDataModule(str(SHAKESPEARE), str(tmp_path), **{"max_length": 64, "batch_size": 8, **options})
+        ExamplesDataModule(str(SHAKESPEARE), str(tmp_path), **{"max_length": 64, "batch_size": 8, **options})
 
 
 def test_gpt2_has_no_mask_token_for_a_masked_lm(tmp_path):
     (tmp_path / "t.txt").write_text("To be, or not to be.\n\nThat is the question.\n")
-    dm = PaddedDataModule(str(tmp_path / "t.txt"), str(tmp_path), max_length=8, batch_size=2,
+    dm = ExamplesDataModule(str(tmp_path / "t.txt"), str(tmp_path), max_length=8, batch_size=2,
                           tokenizer="gpt2", mlm_probability=0.15, val_fraction=0.5)
     dm.prepare_data()
     with pytest.raises(UserError, match="the gpt2 tokenizer has no \\[MASK\\] token"):
@@ -206,7 +207,7 @@ def test_objective_and_batches_must_match(tmp_path):
         return cls(config, optimizer=torch.optim.AdamW)
 
     def data(**options):
-        return PaddedDataModule(str(SHAKESPEARE), str(tmp_path), **{"max_length": 64, "batch_size": 8, **options})
+        return ExamplesDataModule(str(SHAKESPEARE), str(tmp_path), **{"max_length": 64, "batch_size": 8, **options})
 
     with pytest.raises(UserError, match="makes masked-LM batches, but the LM is causal"):
         check_data_fits(lm(CausalLM), data(mlm_probability=0.15))

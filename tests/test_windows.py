@@ -6,7 +6,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from gpt import UserError
-from gpt.data import FixedWindows, RandomWindows, TokenDataModule, prepare
+from gpt.corpus import prepare_windows
+from gpt.windows import FixedWindows, RandomWindows, WindowsDataModule
 
 from conftest import SHAKESPEARE
 
@@ -14,7 +15,7 @@ from conftest import SHAKESPEARE
 @pytest.fixture(scope="module")
 def shakespeare_tokens(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "shakespeare-char"
-    return out, prepare(SHAKESPEARE, out)
+    return out, prepare_windows(SHAKESPEARE, out)
 
 
 def test_prepare_splits_90_10(shakespeare_tokens):
@@ -26,7 +27,7 @@ def test_prepare_splits_90_10(shakespeare_tokens):
     assert len(train) == meta["train_tokens"]
     assert json.loads((out / "tokenizer.json").read_text())["kind"] == "char"
     stamp = (out / "train.bin").stat().st_mtime_ns
-    prepare(SHAKESPEARE, out)
+    prepare_windows(SHAKESPEARE, out)
     assert (out / "train.bin").stat().st_mtime_ns == stamp  # up to date: not rewritten
 
 
@@ -77,18 +78,18 @@ def test_validation_windows_are_fixed(counting_file):
 
 def test_missing_empty_and_non_utf8_files(tmp_path):
     with pytest.raises(UserError, match="data file not found"):
-        prepare(tmp_path / "nope.txt", tmp_path / "out")
+        prepare_windows(tmp_path / "nope.txt", tmp_path / "out")
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(UserError, match="empty"):
-        prepare(tmp_path / "empty.txt", tmp_path / "out")
+        prepare_windows(tmp_path / "empty.txt", tmp_path / "out")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(UserError, match="not UTF-8"):
-        prepare(tmp_path / "latin1.txt", tmp_path / "out")
+        prepare_windows(tmp_path / "latin1.txt", tmp_path / "out")
 
 
 def test_text_shorter_than_a_block(tmp_path):
     (tmp_path / "short.txt").write_text("To be, or not to be: that is the question.\n")
-    dm = TokenDataModule(str(tmp_path / "short.txt"), str(tmp_path), block_size=64, batch_size=2)
+    dm = WindowsDataModule(str(tmp_path / "short.txt"), str(tmp_path), block_size=64, batch_size=2)
     dm.prepare_data()
     with pytest.raises(UserError, match="too short"):
         dm.setup("fit")

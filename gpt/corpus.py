@@ -1,0 +1,342 @@
+"""Text files -> token files on disk: the format the training data is read from (no Lightning here).
+
+A prepared directory holds the token files, ``tokenizer.json`` and ``meta.json``. ``meta.json`` is written last
+and records the source (each text file with its size and time, the options, the format version), so a directory
+is reused while its source is unchanged and prepared again otherwise. Of the processes that start together
+(torchrun, SLURM), one prepares while the others wait for it, then read.
+
+- windows (``prepare_windows``): ``train.bin`` and ``val.bin``, the first and the last part of the text, from
+  which training draws windows of a fixed length;
+- examples (``prepare_examples``): ``tokens.bin`` and the ``offsets.npy`` index of whole lines, paragraphs or
+  documents, each followed by ``<|endoftext|>``; the last part of them is the validation split.
+
+The text is read in chunks (files larger than memory work) and encoded in parallel processes.
+"""
+
+import hashlib
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gpt import UserError
+from gpt.bpe import ENDOFTEXT
+from gpt.files import atomic_write_text, atomic_writer, exclusive
+from gpt.tokenizers import Tokenizer, fit_tokenizer, tokenizer_from_dict
+
+log = logging.getLogger(__name__)
+
+CHUNK_CHARS = 1 << 20
+# bumped when tokenization changes, so that older prepared files are redone (3: BPE fitted on the train split)
+PREPARED_FORMAT = 3
+EXAMPLES = ("line", "paragraph", "document")
+
+
+# --------------------------------------------------------------------------- the text files
+
+
+def text_files(text_path: Path) -> list[Path]:
+    """A text file, or every ``*.txt`` file in a directory and its subdirectories; each file is one document."""
+    if text_path.is_dir():
+        files = sorted(p for p in text_path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise UserError(f"no *.txt files in directory {text_path} or below it")
+        return files
+    if not text_path.is_file():
+        raise UserError(f"data file not found: {text_path}; set data.text_path to a UTF-8 text file")
+    return [text_path]
+
+
+def read_chunks(path: Path) -> Iterator[str]:
+    """The text of ``path`` in chunks of about CHUNK_CHARS characters, each ending at a line end."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            while chunk := f.read(CHUNK_CHARS):
+                yield chunk + f.readline()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (bad byte at offset {e.start} of a chunk); "
+                        "convert it with iconv -t utf-8") from None
+
+
+def read_documents(files: list[Path]) -> Iterator[tuple[str, bool]]:
+    """(chunk, is the last chunk of its document) for every chunk of every file."""
+    for path in files:
+        previous = None
+        for chunk in read_chunks(path):
+            if previous is not None:
+                yield previous, False
+            previous = chunk
+        if previous is not None:
+            yield previous, True
+
+
+def check_val_fraction(val_fraction: float) -> None:
+    if not isinstance(val_fraction, float) or not 0 < val_fraction < 1:
+        raise UserError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def prepared_dir(cache_dir: str | Path, text_path: str | Path, tokenizer: str, vocab_size: int | None = None,
+                 example: str | None = None) -> Path:
+    """Where the token files of ``text_path`` are kept: named after the text, with a digest of its absolute path,
+    so that two texts of the same name (``a/texts``, ``b/texts``) never share a directory."""
+    digest = hashlib.sha1(str(Path(text_path).resolve()).encode()).hexdigest()[:8]
+    name = f"{Path(text_path).stem}-{digest}-{tokenizer}{vocab_size if tokenizer == 'bpe' else ''}"
+    return Path(cache_dir) / (f"{name}-{example}s" if example else name)
+
+
+def read_meta(out_dir: Path) -> dict:
+    return json.loads((out_dir / "meta.json").read_text())
+
+
+def read_tokenizer(out_dir: Path) -> Tokenizer:
+    return tokenizer_from_dict(json.loads((out_dir / "tokenizer.json").read_text()))
+
+
+class TokenFile:
+    """A token file mapped read-only into memory, once per process: a mapping is not carried across a fork, and
+    a copy of this object in another process (a DataLoader worker) maps the file again."""
+
+    def __init__(self, path: Path, dtype: str):
+        self.path, self.dtype = path, dtype
+        self._tokens, self._pid = None, None
+
+    @property
+    def tokens(self) -> np.memmap:
+        if self._pid != os.getpid():
+            self._tokens, self._pid = np.memmap(self.path, dtype=self.dtype, mode="r"), os.getpid()
+        return self._tokens
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def windows(self, starts: np.ndarray, length: int) -> torch.Tensor:
+        """The windows of ``length`` tokens beginning at ``starts``, as int64 (len(starts), length)."""
+        return torch.from_numpy(self.tokens[starts[:, None] + np.arange(length)].astype(np.int64))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tokens": None, "_pid": None}
+
+
+
+# --------------------------------------------------------------------------- preparing a directory once
+
+
+def prepare(out_dir: Path, files: list[Path], options: dict, build: Callable[[Path], tuple[Tokenizer, dict]]) -> dict:
+    """The meta of ``out_dir`` prepared from ``files`` with ``options``: read when it is up to date, else made by
+    ``build(out_dir)``, which writes the token files and returns (tokenizer, the rest of the meta)."""
+    source = {"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+              **options, "format": PREPARED_FORMAT}
+    if meta := _current_meta(out_dir, source):
+        return meta
+    with exclusive(out_dir):
+        if meta := _current_meta(out_dir, source):  # prepared by another process while this one waited
+            return meta
+        tokenizer, fields = build(out_dir)
+        atomic_write_text(out_dir / "tokenizer.json", json.dumps(tokenizer.to_dict()))
+        meta = {"source": source, "dtype": token_dtype(tokenizer.vocab_size).name,
+                "vocab_size": tokenizer.vocab_size, **fields}
+        atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2))
+    return meta
+
+
+def _current_meta(out_dir: Path, source: dict) -> dict | None:
+    meta_path = out_dir / "meta.json"
+    if meta_path.is_file() and (meta := json.loads(meta_path.read_text())).get("source") == source:
+        return meta
+    return None
+
+
+def fit(kind: str, train_texts: Callable[[], Iterable[str]], all_texts: Callable[[], Iterable[str]],
+        vocab_size: int | None) -> Tokenizer:
+    """The tokenizer of the data. A BPE learns its merges from the training split only; a character vocabulary
+    takes the characters of the whole text, since a character seen only in the validation split could not be
+    encoded otherwise."""
+    return fit_tokenizer(kind, train_texts() if kind == "bpe" else all_texts(), vocab_size)
+
+
+def describe(text_path: Path, files: list[Path]) -> str:
+    if text_path.is_dir():
+        return f"{text_path}: {len(files)} *.txt file(s) found in it and its subdirectories, one document each"
+    return str(text_path)
+
+
+# --------------------------------------------------------------------------- parallel encoding
+
+_worker_tokenizer = None
+
+
+def _start_worker(tokenizer_dict: dict) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer_from_dict(tokenizer_dict)
+
+
+def _encode(piece: tuple[str, bool]) -> list[int]:
+    text, document_ends = piece
+    ids = _worker_tokenizer.encode(text)
+    if document_ends and _worker_tokenizer.eot_id is not None:
+        ids.append(_worker_tokenizer.eot_id)
+    return ids
+
+
+def encode_in_order(tokenizer: Tokenizer, pieces: Iterator[tuple[object, str, bool]], num_proc: int,
+                    batch_size: int, chunksize: int = 1) -> Iterator[tuple[object, list[int]]]:
+    """(tag, token ids) of each (tag, text, ends a document) piece, in order; the tokenizer's end token follows
+    each document. ``num_proc`` processes encode ``batch_size`` pieces at a time, so memory stays bounded."""
+    with multiprocessing.get_context("fork").Pool(num_proc, _start_worker, (tokenizer.to_dict(),)) as pool:
+        while batch := list(itertools.islice(pieces, batch_size)):
+            tags = [tag for tag, _, _ in batch]
+            yield from zip(tags, pool.map(_encode, [(text, ends) for _, text, ends in batch], chunksize))
+
+
+def processes(num_proc: int | None, n_chars: int) -> int:
+    """Encoding processes: ``num_proc`` (default: one per core), but no more than there are chunks of text."""
+    return min(num_proc or os.cpu_count() or 1, n_chars // CHUNK_CHARS + 1)
+
+
+# --------------------------------------------------------------------------- windows: train.bin and val.bin
+
+
+def prepare_windows(text_path: str | Path, out_dir: str | Path, tokenizer: str = "char", val_fraction: float = 0.1,
+                    vocab_size: int | None = None, num_proc: int | None = None) -> dict:
+    """Tokenize UTF-8 text into ``train.bin`` / ``val.bin`` (the first / last ``val_fraction`` of its characters);
+    tokenizers with an end-of-text token put one after each document (file)."""
+    text_path = Path(text_path)
+    files = text_files(text_path)
+    check_val_fraction(val_fraction)
+    options = {"tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": val_fraction}
+    return prepare(Path(out_dir), files, options,
+                   lambda out: _build_windows(text_path, files, out, tokenizer, val_fraction, vocab_size, num_proc))
+
+
+def _build_windows(text_path: Path, files: list[Path], out_dir: Path, kind: str, val_fraction: float,
+                   vocab_size: int | None, num_proc: int | None) -> tuple[Tokenizer, dict]:
+    n_chars = sum(len(chunk) for chunk, _ in read_documents(files))
+    if n_chars == 0:
+        raise UserError(f"data file is empty: {text_path}")
+    log.info("preparing %s (%s characters) in %s", describe(text_path, files), f"{n_chars:,}", out_dir)
+    split_at = int(n_chars * (1 - val_fraction))
+
+    def pieces() -> Iterator[tuple[tuple[str, int], str, bool]]:
+        return (((split, len(text)), text, ends) for split, text, ends in _split(read_documents(files), split_at))
+
+    tok = fit(kind, lambda: (text for (split, _), text, _ in pieces() if split == "train"),
+              lambda: (chunk for chunk, _ in read_documents(files)), vocab_size)
+    dtype, counts = token_dtype(tok.vocab_size), {"train_tokens": 0, "val_tokens": 0}
+    progress = tqdm(total=n_chars, unit="char", unit_scale=True, desc=f"tokenizing ({tok.kind})",
+                    disable=n_chars <= CHUNK_CHARS)
+    with atomic_writer(out_dir / "train.bin") as train, atomic_writer(out_dir / "val.bin") as val, progress:
+        for (split, n), ids in encode_in_order(tok, pieces(), processes(num_proc, n_chars), batch_size=8):
+            np.asarray(ids, dtype=dtype).tofile(train if split == "train" else val)
+            counts[f"{split}_tokens"] += len(ids)
+            progress.update(n)
+    return tok, counts
+
+
+def _split(documents: Iterator[tuple[str, bool]], split_at: int) -> Iterator[tuple[str, str, bool]]:
+    """(split name, text, end of document): the characters before ``split_at`` go to "train", the rest to "val"."""
+    position = 0
+    for chunk, document_ends in documents:
+        cut = min(max(split_at - position, 0), len(chunk))
+        if cut:
+            yield "train", chunk[:cut], document_ends and cut == len(chunk)
+        if cut < len(chunk):
+            yield "val", chunk[cut:], document_ends
+        position += len(chunk)
+
+
+# --------------------------------------------------------------------------- examples: tokens.bin and offsets.npy
+
+
+def iter_examples(files: list[Path], example: str) -> Iterator[str]:
+    """Every example of the files in order, empty ones included (the caller skips and counts them).
+
+    line: each line; paragraph: runs of non-blank lines (blank lines separate them); document: the text
+    between ``<|endoftext|>`` markers, and each file is at least one document."""
+    for path in files:
+        if example == "document":
+            yield from (document.strip("\n") for document in _documents(read_chunks(path)))
+            continue
+        lines = (line for chunk in read_chunks(path) for line in chunk.removesuffix("\n").split("\n"))
+        yield from lines if example == "line" else _paragraphs(lines)
+
+
+def _paragraphs(lines: Iterable[str]) -> Iterator[str]:
+    paragraph: list[str] = []
+    for line in lines:
+        if line.strip():
+            paragraph.append(line)
+        elif paragraph:
+            yield "\n".join(paragraph)
+            paragraph = []
+    if paragraph:
+        yield "\n".join(paragraph)
+
+
+def _documents(chunks: Iterable[str]) -> Iterator[str]:
+    parts: list[str] = []  # the document read so far (chunks end at line ends, so no marker is cut in two)
+    for chunk in chunks:
+        *ended, rest = chunk.split(ENDOFTEXT)
+        for piece in ended:
+            yield "".join(parts) + piece
+            parts = []
+        parts.append(rest)
+    yield "".join(parts)
+
+
+def prepare_examples(text_path: str | Path, out_dir: str | Path, example: str = "paragraph", tokenizer: str = "char",
+                     vocab_size: int | None = None, val_fraction: float = 0.1, num_proc: int | None = None) -> dict:
+    """Tokenize the non-empty examples of a text into ``tokens.bin`` + ``offsets.npy``; the last ``val_fraction``
+    of the examples is the validation split."""
+    text_path = Path(text_path)
+    if example not in EXAMPLES:
+        raise UserError(f"data.example={example!r} is not a valid option; choose one of {', '.join(EXAMPLES)}")
+    check_val_fraction(val_fraction)
+    files = text_files(text_path)
+    options = {"example": example, "tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": val_fraction}
+    return prepare(Path(out_dir), files, options, lambda out: _build_examples(
+        text_path, files, out, example, tokenizer, val_fraction, vocab_size, num_proc))
+
+
+def _build_examples(text_path: Path, files: list[Path], out_dir: Path, example: str, kind: str,
+                    val_fraction: float, vocab_size: int | None, num_proc: int | None) -> tuple[Tokenizer, dict]:
+    def examples() -> Iterator[str]:
+        return (text for text in iter_examples(files, example) if text.strip())
+
+    n_examples, n_all = 0, 0
+    for text in iter_examples(files, example):
+        n_all += 1
+        n_examples += bool(text.strip())
+    n_train = int(n_examples * (1 - val_fraction))
+    if n_examples == 0:
+        raise UserError(f"{text_path} has no {example}s: all {n_all} were empty; "
+                        f"use another text or another data.example ({', '.join(EXAMPLES)})")
+    if not 0 < n_train < n_examples:
+        raise UserError(f"{text_path} has only {n_examples} {example}(s), too few for a train and a val split; "
+                        "use more text, or data.example=line for more examples")
+    log.info("preparing %s: %d %ss (%d empty skipped) in %s", describe(text_path, files), n_examples, example,
+             n_all - n_examples, out_dir)
+    tok = fit(kind, lambda: (text + "\n" for text in itertools.islice(examples(), n_train)),
+              lambda: (chunk for path in files for chunk in read_chunks(path)), vocab_size)
+    dtype, lengths = token_dtype(tok.vocab_size), []
+    n_chars = sum(p.stat().st_size for p in files)
+    with atomic_writer(out_dir / "tokens.bin") as f:
+        pieces = ((None, text, True) for text in examples())  # True: each example ends with the end token
+        for _, ids in encode_in_order(tok, pieces, processes(num_proc, n_chars), batch_size=4096, chunksize=64):
+            np.asarray(ids, dtype=dtype).tofile(f)
+            lengths.append(len(ids))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    with atomic_writer(out_dir / "offsets.npy") as f:
+        np.save(f, offsets)
+    return tok, {"examples": n_examples, "train_examples": n_train, "skipped_empty": n_all - n_examples,
+                 "tokens": int(offsets[-1])}

@@ -1,0 +1,72 @@
+"""What every data module gives ``train()`` and the callbacks (the windows and examples modules build on it)."""
+
+from functools import cached_property
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gpt import check_positive
+from gpt.corpus import prepared_dir, read_meta, read_tokenizer
+from gpt.tokenizers import Tokenizer
+
+
+class TokenDataModule(L.LightningDataModule):
+    """Text tokenized once to a directory of ``cache_dir`` (``prepare_data``: one process prepares while the
+    others that start with it wait), with what the rest of a run relies on:
+
+    - ``tokenizer``: the tokenizer the data was encoded with;
+    - ``max_length``: the longest sequence a batch holds, which must fit the model's context;
+    - ``masks_tokens``: whether batches are masked-LM batches (such a module also gives ``val_example()``).
+
+    A subclass prepares its format (``prepare``), checks it (``check``) and makes its datasets and loaders."""
+
+    masks_tokens = False
+
+    def __init__(self, text_path: str, cache_dir: str, batch_size: int, tokenizer: str = "char",
+                 vocab_size: int | None = None, val_fraction: float = 0.1, num_workers: int = 0, seed: int = 1337,
+                 example: str | None = None):
+        super().__init__()
+        check_positive("data.batch_size", batch_size)
+        self.text_path = Path(text_path)
+        self.data_dir = prepared_dir(cache_dir, text_path, tokenizer, vocab_size, example)
+        self.tokenizer_kind, self.vocab_size, self.val_fraction = tokenizer, vocab_size, val_fraction
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+
+    @property
+    def max_length(self) -> int:
+        raise NotImplementedError
+
+    def prepare(self) -> dict:
+        """Prepare ``data_dir`` if it is not up to date; return its meta."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Stop with a UserError when the prepared data cannot make the batches asked for."""
+
+    def prepare_data(self) -> None:
+        self.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.check()
+
+    @cached_property
+    def meta(self) -> dict:
+        return read_meta(self.data_dir)
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        return read_tokenizer(self.data_dir)
+
+    @property
+    def rank(self) -> int:
+        return self.trainer.global_rank if self.trainer else 0
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer else 1
+
+    def loader(self, dataset: Dataset, **options) -> DataLoader:
+        return DataLoader(dataset, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=self.num_workers > 0, **options)

@@ -1,0 +1,41 @@
+"""Files that are never seen half-written, and work that one process does while the others wait."""
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from filelock import FileLock
+
+
+@contextmanager
+def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through: a temporary file beside it, flushed to disk and renamed into place
+    when the block ends without an error. A reader, or a process killed while writing, finds the old file or the
+    new one, never a part; a failed write leaves the old one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # beside it: a rename within one file system is atomic
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_writer(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+@contextmanager
+def exclusive(path: str | Path) -> Iterator[None]:
+    """Hold the lock file ``<path>.lock``: processes that start together (torchrun, SLURM, several nodes on one
+    file system) take turns, so that one of them does the work and the others find it done."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        yield
