@@ -147,7 +147,7 @@ class LanguageModel(L.LightningModule):
         return logits, labels, n_labels
 
     def on_validation_epoch_end(self) -> None:
-        self.log("step", float(self.global_step))
+        self.log("step", float(self.global_step), sync_dist=True)  # the same on every rank
 
     def configure_optimizers(self):
         extra = {"fused": True} if self.device.type in ("cuda", "cpu") else {}  # fused: one kernel, and the guard

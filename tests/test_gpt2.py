@@ -1,5 +1,7 @@
 """GPT-2 family: BPE data, configs and parameter counts, Hugging Face weight interop, init_from."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,10 @@ from gpt import UserError
 from gpt.checkpoint import load_initial_weights
 from gpt.corpus import prepare_windows, token_dtype
 from gpt.hf import from_hf, read_hf_state_dict, save_hf
+from gpt.lm import cross_entropy
 from gpt.model import GPTConfig, count_parameters
 from gpt.tokenizers import fit_tokenizer, tokenizer_from_dict
+from gpt.training import build_lm
 
 from conftest import SHAKESPEARE, compose_train, run_script, train_tiny
 
@@ -125,3 +129,48 @@ def test_checkpoint_of_another_tokenizer_is_refused(tiny_run, tmp_path):
     result = train_tiny(tmp_path / "run", "data=shakespeare_bpe", f"init_from={ckpt}")
     assert result.returncode == 2
     assert "was trained with the char tokenizer (68 tokens) but the data uses the gpt2 tokenizer" in result.stderr
+
+
+def test_padded_vocabulary_gets_no_probability_hf_loss_matches(tmp_path):
+    """Real GPT-2 logits sit far below zero; the rows that pad 100 tokens to 128 must not take probability."""
+    hf = small_hf_model()
+    with torch.no_grad():  # every logit shifted by -5 * 4 = -20: softmax, and so HF's loss, do not change
+        hf.transformer.wte.weight[:, 0] = 5.0
+        hf.transformer.ln_f.weight[0] = 0.0
+        hf.transformer.ln_f.bias[0] = -4.0
+    hf.save_pretrained(tmp_path)
+    model = our_config().build().eval()
+    assert model.wte.weight.shape[0] == 128
+    model.load_state_dict(from_hf(read_hf_state_dict(tmp_path), model))
+    idx = torch.randint(0, 100, (3, 32))
+    with torch.no_grad():
+        theirs = hf(idx, labels=idx)
+        assert theirs.logits.mean() < -15
+        ours = cross_entropy(model(idx)[:, :-1], idx[:, 1:])
+    assert abs(ours.item() - theirs.loss.item()) <= 1e-4
+
+
+def test_model_gpt2_means_gpt2_on_gpt2_tokens(tmp_path, caplog):
+    """`python train.py model=gpt2` as users type it: the 124M GPT-2 over GPT-2's BPE, and the log says so."""
+    cfg = compose_train("model=gpt2", f"paths.data_dir={tmp_path}", tmp_path=tmp_path)
+    data = instantiate(cfg.data)
+    data.prepare_data()
+    assert data.tokenizer.kind == "gpt2" and data.tokenizer.vocab_size == 50257
+    with caplog.at_level(logging.INFO, logger="gpt.training"):
+        lm = build_lm(cfg, data.tokenizer, {})
+    assert count_parameters(lm.model) == 124_439_808
+    assert "124.44M parameters over the 50257 tokens of the gpt2 tokenizer (embedding padded to 50304 rows)" \
+        in caplog.text
+    other = compose_train("model=gpt2", "data=text", "data.text_path=my.txt", tmp_path=tmp_path)
+    assert other.data.tokenizer == "gpt2"  # another corpus is one override, still in GPT-2's tokens
+
+
+@pytest.mark.parametrize("change, message", [({"tie_weights": False}, "model.tie_weights=true"),
+                                             ({"causal": False}, "model.causal=true"),
+                                             ({"pos": "rope", "norm": "rmsnorm"}, "model.pos=learned, model.norm")])
+def test_export_refuses_what_gpt2_cannot_hold(tmp_path, change, message):
+    model = our_config(**change).build()
+    with pytest.raises(UserError, match="only GPT-2-shaped models export") as error:
+        save_hf(model, tmp_path)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "model.safetensors").exists()

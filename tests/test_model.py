@@ -60,6 +60,37 @@ def test_kv_cache_gives_the_same_greedy_tokens(pos):
     assert cached == alone  # padding next to longer prompts changes nothing
 
 
+def sharp_gpt(pos: str) -> torch.nn.Module:
+    """A random GPT whose attention is sharp, so that its next token depends on the whole context (at GPT-2's
+    init it mostly follows the last token, and would hide a context that is cut short)."""
+    torch.manual_seed(0)
+    model = tiny_gpt(pos=pos).build().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_each_prompt_of_a_batch_gets_what_it_gets_alone(pos, use_cache):
+    model = sharp_gpt(pos)  # block_size 16
+    prompts = [[3, 4], list(range(5, 19)), [7, 8, 9, 10, 11, 12, 13, 14, 15]]  # 2, 14 and 9 tokens
+    batched = model.generate(prompts, max_new_tokens=14, temperature=0, use_cache=use_cache)
+    alone = [model.generate([p], max_new_tokens=14, temperature=0, use_cache=use_cache)[0] for p in prompts]
+    assert batched == alone
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_past_the_context_the_cache_gives_the_tokens_of_recomputation(pos):
+    model = sharp_gpt(pos)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]]
+    cached = model.generate(prompts, max_new_tokens=40, temperature=0, use_cache=True)
+    assert cached == model.generate(prompts, max_new_tokens=40, temperature=0, use_cache=False)
+    assert [len(row) for row in cached] == [43, 51]  # far past block_size=16
+
+
 def test_generation_stops_at_end_token():
     model = tiny_gpt().build().eval()
     first = model.generate([[1, 2]], max_new_tokens=10, temperature=0)[0]
