@@ -130,7 +130,8 @@ class TextSamples(L.Callback):
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(self.seed)
             ids = pl_module.model.generate([self.prompt_ids], self.max_new_tokens, temperature=self.temperature,
-                                           top_k=self.top_k, eot_id=self.tokenizer.eot_id)[0]
+                                           top_k=self.top_k, eot_id=self.tokenizer.eot_id,
+                                           suppress_ids=self.tokenizer.special_ids - {self.tokenizer.eot_id})[0]
         return self.tokenizer.decode(ids[len(self.prompt_ids):])
 
     @torch.no_grad()
@@ -168,7 +169,7 @@ def diverged(trainer) -> bool:
 class Checkpoints(Checkpoint):
     """``best.ckpt`` whenever ``val/loss`` improves, and ``last.ckpt`` to resume from: at every validation and
     every ``every_n_train_steps`` optimizer steps. When the last is also the best, ``last.ckpt`` is a link to
-    ``best.ckpt``, so that one step is stored once."""
+    ``best.ckpt``, so that one step is stored once. A fast dev run (``debug=fdr``) writes none."""
 
     def __init__(self, dirpath: str, monitor: str = "val/loss", every_n_train_steps: int | None = 500):
         self.dirpath, self.monitor, self.every_n_train_steps = Path(dirpath), monitor, every_n_train_steps
@@ -177,35 +178,32 @@ class Checkpoints(Checkpoint):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
-        if self.every_n_train_steps and step % self.every_n_train_steps == 0 and step != self.saved_step:
+        if (self.every_n_train_steps and step % self.every_n_train_steps == 0 and step != self.saved_step
+                and not trainer.fast_dev_run):
             self.save_last(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.fast_dev_run:
             return
         score = trainer.callback_metrics.get(self.monitor)
         improved = score is not None and float(score) < self.best_score
         if improved:
             self.best_score, self.best_step = float(score), trainer.global_step
             self.best_model_path = str(self.dirpath / "best.ckpt")
-            self.save(trainer, self.best_model_path)
+            trainer.save_checkpoint(self.best_model_path)
         if improved or self.saved_step != trainer.global_step:
             self.save_last(trainer, link_to_best=improved)
 
     def save_last(self, trainer, link_to_best: bool = False) -> None:
         self.last_model_path, self.saved_step = str(self.dirpath / "last.ckpt"), trainer.global_step
         if not link_to_best:
-            self.save(trainer, self.last_model_path)
+            trainer.save_checkpoint(self.last_model_path)
             return
         if trainer.is_global_zero:
             last = Path(self.last_model_path)
             last.unlink(missing_ok=True)
             last.symlink_to("best.ckpt")
         trainer.strategy.barrier()
-
-    def save(self, trainer, path: str) -> None:
-        if not trainer.fast_dev_run:
-            trainer.save_checkpoint(path)
 
     def state_dict(self) -> dict:
         return {"best_score": self.best_score, "best_step": self.best_step, "best_model_path": self.best_model_path}

@@ -134,8 +134,9 @@ class Generator(nn.Module):
     each new token is then computed afresh from the last ``block_size`` tokens. The cache therefore never changes
     the tokens, only the speed up to ``block_size``."""
 
-    block_size: int
-    vocab_size: int
+    def __init__(self, config: "GPTConfig | BigramConfig"):
+        super().__init__()
+        self.config, self.block_size, self.vocab_size = config, config.block_size, config.vocab_size
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]] | torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -257,10 +258,7 @@ def format_count(n: int) -> str:
 
 class Bigram(Generator):
     def __init__(self, config: BigramConfig):
-        super().__init__()
-        self.config = config
-        self.block_size = config.block_size
-        self.vocab_size = config.vocab_size
+        super().__init__(config)
         self.logits_table = nn.Embedding(config.vocab_size, config.vocab_size)
 
     def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, **_) -> torch.Tensor:
@@ -351,10 +349,7 @@ class Block(nn.Module):
 
 class GPT(Generator):
     def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.config = config
-        self.block_size = config.block_size
-        self.vocab_size = config.vocab_size
+        super().__init__(config)
         self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos == "learned" else None
         self.drop = nn.Dropout(config.dropout)

@@ -187,6 +187,9 @@ def build_lm(cfg: DictConfig, tokenizer, metadata: dict) -> L.LightningModule:
 def report_best(trainer: L.Trainer, output_dir: Path) -> float | None:
     """Print the best validation loss and its checkpoint (rank 0 only; the other ranks return None)."""
     result = read_result(output_dir) if trainer.is_global_zero else {}
+    if trainer.fast_dev_run and trainer.is_global_zero:
+        print("fast dev run passed: a training and a validation batch went through every step of a run; "
+              "nothing was written")
     if not result:
         return None
     print(f"best val/loss {result['val_loss']:.4f} at step {result['best_step']} of {result['steps']}, "

@@ -79,3 +79,12 @@ def test_ablation_sweep_covers_each_option_alone_and_together(tmp_path):
         model = compose_train(f"+arch={arch}", "experiment=shakespeare_char", tmp_path=tmp_path).model
         assert instantiate(model, vocab_size=68).n_layer == 6
     assert compose_train("+arch=all", tmp_path=tmp_path).model.mlp == "swiglu"
+
+
+@pytest.mark.parametrize("debug, setting", [("fdr", ("fast_dev_run", True)), ("overfit", ("overfit_batches", 1)),
+                                            ("profile", ("max_steps", 200))])
+def test_debug_presets_compose(debug, setting, tmp_path):
+    cfg = compose_train(f"debug={debug}", tmp_path=tmp_path)
+    assert cfg.trainer[setting[0]] == setting[1]
+    trainer = instantiate(cfg.trainer, precision=auto_precision(cfg.trainer.precision), logger=False)
+    assert trainer.fast_dev_run == (debug == "fdr")

@@ -88,3 +88,11 @@ def test_tensorboard_logger_writes_events_or_asks_for_its_package(tmp_path):
         assert result.returncode == 2
         assert result.stderr.strip().splitlines()[-1] == (
             "error: logger.tensorboard needs the tensorboard package: pip install tensorboard")
+
+
+def test_fast_dev_run_writes_nothing(tmp_path):
+    run = tmp_path / "run"
+    result = train_tiny(run, "debug=fdr")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("fast dev run passed")
+    assert not (run / "checkpoints").exists() and not (run / "result.json").exists()
