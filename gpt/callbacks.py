@@ -18,7 +18,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gpt import IGNORE_INDEX, TrainingDiverged, UserError
 from gpt.checkpoint import save_checkpoint_file
-from gpt.model import GPT, count_parameters
+from gpt.model import GPT, count_parameters, fill_masks
 
 log = logging.getLogger(__name__)
 
@@ -134,18 +134,13 @@ class TextSamples(L.Callback):
                                            suppress_ids=self.tokenizer.special_ids - {self.tokenizer.eot_id})[0]
         return self.tokenizer.decode(ids[len(self.prompt_ids):])
 
-    @torch.no_grad()
     def fill(self, pl_module) -> tuple[str, str, str]:
-        """(the text, as the model sees it with its masks, with the masks filled by the model's best guesses)."""
-        batch = {key: value.to(pl_module.device) for key, value in self.masked_example.items()}
-        masked, labels = batch["input_ids"][0], batch["labels"][0]
-        chosen = labels != IGNORE_INDEX
-        was_training = pl_module.model.training
-        logits = pl_module.model.eval()(batch["input_ids"], attention_mask=batch["attention_mask"])[0]
-        pl_module.model.train(was_training)
-        decode = self.tokenizer.decode
-        return (decode(torch.where(chosen, labels, masked).tolist()), decode(masked.tolist()),
-                decode(torch.where(chosen, logits.argmax(-1), masked).tolist()))
+        """(the text, as the model sees it with its masks, with each [MASK] filled by the model's best guess)."""
+        masked, labels = self.masked_example["input_ids"][0], self.masked_example["labels"][0]
+        text = torch.where(labels != IGNORE_INDEX, labels, masked)
+        tok = self.tokenizer
+        filled, _ = fill_masks(pl_module.model, masked.tolist(), tok.mask_id, tok.special_ids, top_k=1)
+        return tok.decode(text.tolist()), tok.decode(masked.tolist()), tok.decode(filled)
 
 
 class FailOnDivergence(L.Callback):

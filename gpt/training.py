@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 from gpt import UserError, check_positive
 from gpt.callbacks import FinalValidation, RunResult, StepProgress, read_result
 from gpt.checkpoint import check_tokenizer, find_resume_checkpoint, load_checkpoint, load_initial_weights
-from gpt.cli import check_required
 from gpt.compat import relaunches_script
 from gpt.context import in_multirun
 from gpt.datamodule import TokenDataModule
@@ -44,7 +43,6 @@ def instantiate_group(group: DictConfig | None) -> list:
 
 def check_config(cfg: DictConfig) -> None:
     """Values that the libraries would accept but that make no sense for a training run."""
-    check_required(cfg, "python train.py")
     check_positive("model.block_size", cfg.model.block_size)
     check_positive("optim.lr", cfg.optim.lr, float)
     check_positive("trainer.max_steps", cfg.trainer.max_steps)

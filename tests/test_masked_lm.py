@@ -39,7 +39,15 @@ def test_masked_lm_logs_loss_accuracy_and_padding(mlm_run):
     accuracy = metric(mlm_run, "val/mlm_acc")
     assert len(accuracy) == 2 and 0 < accuracy[-1] < 1
     assert all(0 <= f < 1 for f in metric(mlm_run, "train/pad_frac"))
-    assert "paragraphs (0 empty skipped)" in (mlm_run / "train.log").read_text()
+    log = (mlm_run / "train.log").read_text()
+    assert "paragraphs (0 empty skipped)" in log
+
+
+def test_training_shows_a_validation_example_with_its_masks_filled(mlm_run):
+    (line,) = [line for line in (mlm_run / "train.log").read_text().splitlines() if "masks filled at step 40" in line]
+    masked, filled, text = re.search(r": '(.*)' -> '(.*)' \(the text: '(.*)'\)$", line).groups()
+    assert "[MASK]" in masked and "[MASK]" not in filled
+    assert len(filled) == len(text) == len(masked) - masked.count("[MASK]") * (len("[MASK]") - 1)
 
 
 def test_sample_fills_masks(mlm_run):

@@ -4,8 +4,10 @@ import csv
 import importlib.util
 
 import pytest
+import torch
 
 from conftest import run_script, train_tiny
+from gpt.callbacks import read_result
 
 
 def read_metrics(run_dir):
@@ -96,3 +98,46 @@ def test_fast_dev_run_writes_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1].startswith("fast dev run passed")
     assert not (run / "checkpoints").exists() and not (run / "result.json").exists()
+
+
+def test_a_short_run_validates_and_checkpoints_at_its_last_step(tmp_path):
+    """45 steps, validation every 30: at 30, and at 45 where the run ends. The output is one progress line."""
+    run = tmp_path / "run"
+    result = train_tiny(run, "trainer.max_steps=45", "trainer.enable_progress_bar=true")
+    assert result.returncode == 0, result.stderr
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows if r["val/loss"]] == [30, 45]
+    assert [int(r["step"]) for r in rows] == [10, 20, 30, 40, 45]  # one row per step, counted from 1
+    assert read_result(run)["steps"] == 45
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 45
+    output = result.stdout + result.stderr
+    assert "45/45" in output and "tok/s" in output and "val/loss" in output
+    for noise in ("Epoch", "litlogger", "LeafSpec", "GPU available", "TPU available", "FLOPs", "Warning"):
+        assert noise not in output
+
+
+@pytest.mark.parametrize("command, message", [
+    (["train.py", "data=text"], "error: data.text_path is required; give it on the command line: python train.py "
+                                "data.text_path=..."),
+    (["sample.py"], "error: ckpt_path is required; give it on the command line: python sample.py ckpt_path=..."),
+    (["prepare.py"], "error: text_path is required; give it on the command line: python prepare.py text_path=..."),
+    (["export.py"], "error: ckpt_path, out_dir are required; give them on the command line: python export.py "
+                    "ckpt_path=... out_dir=..."),
+    (["prepare.py", "text_path=data/tinyshakespeare.txt", "tokenizer=bpe"],
+     "error: tokenizer=bpe needs vocab_size, e.g. vocab_size=4096"),  # prepare.py's keys, not data.*
+])
+def test_missing_values_are_one_line_errors(command, message):
+    result = run_script(*command)
+    assert result.returncode == 2 and result.stderr.strip() == message
+
+
+def test_any_prompt_text_works_unquoted(tiny_run):
+    ckpt = f"ckpt_path={tiny_run / 'checkpoints' / 'best.ckpt'}"
+    result = run_script("sample.py", ckpt, "prompt=To be, or not to be", "max_new_tokens=5")
+    assert result.returncode == 0 and "To be, or not to be" in result.stdout, result.stderr
+    result = run_script("sample.py", ckpt, "prompt=Roméo")  # Hydra's grammar takes it: only the vocabulary cannot
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: characters not in the tokenizer's vocabulary: 'é'; use only characters "
+                                     "that occur in the training text")
