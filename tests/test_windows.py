@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from gpt import UserError
-from gpt.corpus import prepare_windows
+from gpt.corpus import prepare_windows, prepared_dir, read_tokenizer
 from gpt.windows import FixedWindows, RandomWindows, WindowsDataModule
 
 from conftest import SHAKESPEARE
@@ -93,3 +93,23 @@ def test_text_shorter_than_a_block(tmp_path):
     dm.prepare_data()
     with pytest.raises(UserError, match="too short"):
         dm.setup("fit")
+
+
+def test_texts_of_the_same_name_get_their_own_directories(tmp_path):
+    first, second = tmp_path / "a" / "texts", tmp_path / "b" / "texts"
+    for folder, line in ((first, "first corpus\n"), (second, "second corpus\n")):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "part.txt").write_text(line * 50)  # found in a subdirectory too
+    dirs = [prepared_dir(tmp_path / "data", folder, "char") for folder in (first, second)]
+    assert dirs[0] != dirs[1] and dirs[0].name.startswith("texts-") and dirs[0].name.endswith("-char")
+    for folder, out in zip((first, second), dirs):
+        prepare_windows(folder, out)
+    assert read_tokenizer(dirs[0]).decode(np.fromfile(dirs[0] / "train.bin", dtype=np.uint16)[:5]) == "first"
+
+
+def test_a_bpe_learns_from_the_training_split_only(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(SHAKESPEARE.read_text()[:18_000] + "zqzq " * 400)  # the last 10%: a word training never sees
+    prepare_windows(text, tmp_path / "out", tokenizer="bpe", vocab_size=300)
+    tok = read_tokenizer(tmp_path / "out")
+    assert len(tok.encode(" the")) == 1 and len(tok.encode(" zqzq")) == 5  # merged / left as its 5 bytes
