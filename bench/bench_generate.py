@@ -1,7 +1,10 @@
 """Generation speed with and without the KV cache (same model, same greedy tokens).
 
     python bench/bench_generate.py                       # the baby-GPT char model (6x384, context 256), CPU or GPU
-    python bench/bench_generate.py --model gpt2          # GPT-2 124M (a GPU)
+    python bench/bench_generate.py --model gpt2 --batch 16   # GPT-2 124M (a GPU)
+
+By default the prompt and the new tokens fill the context: past it, each token is computed afresh with or
+without the cache (see ``gpt.model.Generator``), so only the tokens within the context show the cache's gain.
 """
 
 import argparse
@@ -9,8 +12,8 @@ import time
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 BABY_GPT = {"block_size": 256, "n_layer": 6, "n_head": 6, "n_embd": 384}
@@ -19,14 +22,17 @@ BABY_GPT = {"block_size": 256, "n_layer": 6, "n_head": 6, "n_embd": 384}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt", help="a config in conf/model/ (gpt: the baby-GPT char shape)")
-    parser.add_argument("--new-tokens", type=int, default=1000)
+    parser.add_argument("--new-tokens", type=int, help="default: as many as fill the context")
     parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shape = BABY_GPT if args.model == "gpt" else {}
     vocab = 65 if args.model == "gpt" else 50257
-    config = instantiate(OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml"), vocab_size=vocab, **shape)
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={args.model}", "paths.root_dir=.", "paths.output_dir=."])
+    config = instantiate(cfg.model, vocab_size=vocab, **shape)
+    args.new_tokens = args.new_tokens or config.block_size - 3
     torch.manual_seed(0)
     model = config.build().to(device).eval()
     prompts = [[1, 2, 3]] * args.batch

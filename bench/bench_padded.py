@@ -16,7 +16,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run as a script, the package is not on the path
 
-from gpt.padded import PaddedDataModule, padding_fraction  # noqa: E402
+from gpt.examples import ExamplesDataModule, padding_fraction  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,8 +39,8 @@ def token_counts(dataset, special_ids) -> Counter:
 def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory() as cache_dir:
-        dm = PaddedDataModule(str(args.text), cache_dir, args.max_length, args.batch_size, args.example,
-                              args.tokenizer)
+        dm = ExamplesDataModule(str(args.text), cache_dir, args.max_length, args.batch_size, args.example,
+                                args.tokenizer)
         dm.prepare_data()
         dm.setup()
         print(f"{args.text.name}: {dm.meta['train_examples']} train and {dm.meta['examples'] - dm.meta['train_examples']}"

@@ -1,58 +1,63 @@
-"""Time one training setup two ways in one process: (a) our Lightning training step, (b) a minimal
-hand-written PyTorch loop with the same model, data, optimizer, precision and compile setting.
+"""What the framework costs per step: train.py's real path (``gpt.training.train`` with the default config, its
+callbacks, loggers, progress bar and NaN guard) beside a minimal plain PyTorch loop over the same model, data,
+optimizer, schedule and precision, in one process.
 
-    python bench/bench_train.py                         # GPT-2 124M, batch 16 x 1024, bf16, compiled (a GPU)
-    python bench/bench_train.py --model gpt --batch-size 4 --block-size 64 --steps 5 --warmup 2   # a CPU smoke run
+    python bench/bench_train.py --preset tiny       # CPU: 1 layer, 16 wide, block 8, batch 1: the fixed cost per step
+    python bench/bench_train.py --preset default    # CPU: the default recipe's shape (4L/4H/128, block 64, batch 12)
+    python bench/bench_train.py --preset gpt2       # a GPU: GPT-2 124M, batch 16 x 1024, bf16, compiled
+    python bench/bench_train.py --whole-run         # `python train.py` against nanoGPT's CPU recipe (nanogpt_cpu.py)
 
-Prints tokens/s, ms/step, MFU, peak GPU memory and the ratio (a) / (b).
+Prints ms/step, tokens/s, MFU (on a GPU) and the ratio of the two step times, for the steps after the warm-up.
 """
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
-from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from gpt.callbacks import flops_per_token, gpu_peak_flops
-from gpt.data import RandomWindows, prepare
-from gpt.lm import CausalLM
-from gpt.training import auto_precision
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: the package is beside it
 
+from gpt.callbacks import flops_per_token, gpu_peak_flops  # noqa: E402
+from gpt.lm import warmup_cosine  # noqa: E402
+from gpt.model import apply_lr_scales, cross_entropy, param_groups  # noqa: E402
+from gpt.training import auto_precision, train  # noqa: E402
+from gpt.windows import RandomWindows  # noqa: E402
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="gpt2", help="a config in conf/model/")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--block-size", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=50, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=15, help="untimed steps first (compilation)")
-    parser.add_argument("--compile", choices=["auto", "true", "false"], default="auto")
-    parser.add_argument("--precision", default="auto")
-    return parser.parse_args()
+PRESETS = {  # overrides of the default config, timed steps, warm-up steps
+    "tiny": (["model.n_layer=1", "model.n_head=1", "model.n_embd=16", "model.block_size=8", "data.batch_size=1"],
+             3000, 500),
+    "default": ([], 300, 50),
+    "gpt2": (["model=gpt2", "data.batch_size=16"], 50, 15),
+}
 
 
 class StepTimer(L.Callback):
-    """Wall time of the steps after ``warmup``, the GPU synchronised at both ends."""
+    """Wall time of the optimizer steps after ``warmup`` (validation excluded), written to ``path`` as JSON."""
 
-    def __init__(self, warmup: int):
-        self.warmup, self.start, self.seconds = warmup, None, None
+    def __init__(self, warmup: int, path: str):
+        self.warmup, self.path, self.start = warmup, path, None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.warmup:
+        if trainer.global_step == self.warmup and self.start is None:
             synchronize()
             self.start = time.perf_counter()
 
-    def on_train_end(self, trainer, pl_module):
-        synchronize()
-        self.seconds = time.perf_counter() - self.start
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == trainer.max_steps:
+            synchronize()
+            Path(self.path).write_text(json.dumps({"seconds": time.perf_counter() - self.start}))
 
 
 def synchronize() -> None:
@@ -60,89 +65,118 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def make_model_config(args):
-    cfg = OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml")
-    return instantiate(cfg, vocab_size=50257, block_size=args.block_size)
+def config(overrides: list[str], steps: int, warmup: int, out: Path):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("train", overrides=[
+            f"paths.root_dir={REPO}", f"paths.output_dir={out}", f"paths.data_dir={out.parent / 'data'}", *overrides,
+            f"trainer.max_steps={warmup + steps}", f"trainer.val_check_interval={warmup + steps}",
+            "data.val_windows=16", "trainer.enable_progress_bar=true",
+            "+callbacks.bench_timer._target_=bench_train.StepTimer", f"+callbacks.bench_timer.warmup={warmup}",
+            f"+callbacks.bench_timer.path={out / 'timing.json'}"])
 
 
-def make_loader(args, token_dir: Path) -> DataLoader:
-    meta = prepare(REPO / "data" / "tinyshakespeare.txt", token_dir, tokenizer="gpt2")
-    windows = RandomWindows(token_dir / "train.bin", meta["dtype"], args.block_size, args.batch_size, seed=0)
-    return DataLoader(windows, batch_size=None, pin_memory=torch.cuda.is_available())
+def time_train(cfg, out: Path) -> float:
+    """Seconds of the timed steps through ``gpt.training.train``, as ``python train.py`` runs them."""
+    train(cfg)
+    return json.loads((out / "timing.json").read_text())["seconds"]
 
 
-def optimizer_factory(params, **extra):
-    return torch.optim.AdamW(params, lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, **extra)
-
-
-def run_lightning(args, loader, compile_flag) -> float:
-    lm = CausalLM(make_model_config(args), optimizer_factory, compile=compile_flag)
-    timer = StepTimer(args.warmup)
-    trainer = L.Trainer(max_steps=args.warmup + args.steps, precision=auto_precision(args.precision),
-                        gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, callbacks=[timer], num_sanity_val_steps=0)
-    trainer.fit(lm, train_dataloaders=loader)
-    return timer.seconds
-
-
-def run_plain(args, loader, compile_flag) -> float:
+def time_plain_loop(cfg, steps: int, warmup: int) -> float:
+    """Seconds of the same steps through a hand-written loop: the same model, batches, AdamW groups, warmup-cosine
+    schedule, gradient clipping, precision and compilation; the loss read on the host every 10 steps."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = make_model_config(args).build().to(device)
-    if compile_flag:
+    data = instantiate(cfg.data)
+    data.prepare_data()
+    model = instantiate(cfg.model, vocab_size=data.tokenizer.vocab_size).build().to(device)
+    if device.type == "cuda":
         model.compile()
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2]},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    optimizer = optimizer_factory(groups, **({"fused": True} if device.type == "cuda" else {}))
-    bf16 = auto_precision(args.precision) == "bf16-mixed"
-    batches = iter(loader)
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
+    optimizer = apply_lr_scales(torch.optim.AdamW(param_groups(model), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                                  weight_decay=cfg.optim.weight_decay, fused=True))
+    schedule = warmup_cosine(optimizer, cfg.scheduler.warmup_steps, cfg.trainer.max_steps, cfg.scheduler.min_lr)
+    windows = RandomWindows(data.data_dir / "train.bin", data.meta["dtype"], cfg.model.block_size,
+                            cfg.data.batch_size, cfg.seed)
+    batches = iter(DataLoader(windows, batch_size=None, pin_memory=device.type == "cuda"))
+    bf16 = auto_precision(cfg.trainer.precision) == "bf16-mixed"
+    for step in range(warmup + steps):
+        if step == warmup:
             synchronize()
             start = time.perf_counter()
         inputs, targets = (t.to(device, non_blocking=True) for t in next(batches))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(inputs)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            loss = cross_entropy(model(inputs), targets)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.gradient_clip_val)
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad(set_to_none=True)
+        if step % 10 == 0:
+            loss.item()
     synchronize()
     return time.perf_counter() - start
 
 
-def report(name: str, seconds: float, memory: str, args, flops: float, peak: float | None) -> float:
-    tokens_per_sec = args.steps * args.batch_size * args.block_size / seconds
-    mfu = f"{100 * flops * tokens_per_sec / peak:.1f}%" if peak else "n/a"
-    print(f"| {name} | {1000 * seconds / args.steps:.2f} | {tokens_per_sec:,.0f} | {mfu} | {memory} |")
-    return tokens_per_sec
+def benchmark(preset: str, repeats: int) -> None:
+    overrides, steps, warmup = PRESETS[preset]
+    seconds = {"plain PyTorch loop": [], "train.py (gpt.training.train)": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(repeats):  # alternated, so that a slow spell of the machine hits both
+            out = Path(tmp) / f"run{repeat}"
+            cfg = config(overrides, steps, warmup, out)
+            seconds["plain PyTorch loop"].append(time_plain_loop(cfg, steps, warmup))
+            seconds["train.py (gpt.training.train)"].append(time_train(cfg, out))
+    model = instantiate(cfg.model, vocab_size=68 if preset != "gpt2" else 50257).build()
+    tokens_per_step = cfg.data.batch_size * cfg.model.block_size
+    on_gpu = torch.cuda.is_available()
+    peak = gpu_peak_flops(torch.cuda.get_device_name()) if on_gpu else None
+    print(f"\n{preset}: {model.config.n_layer} layer(s), {model.config.n_embd} wide, batch {cfg.data.batch_size} x "
+          f"{cfg.model.block_size}, {auto_precision(cfg.trainer.precision)}, compiled {on_gpu}, "
+          f"{torch.cuda.get_device_name() if on_gpu else f'CPU ({torch.get_num_threads()} threads)'}; "
+          f"{steps} steps timed after {warmup}, median of {repeats}\n")
+    print("| loop | ms/step | tokens/s | MFU |\n|---|---|---|---|")
+    medians = {}
+    for name, values in seconds.items():
+        medians[name] = statistics.median(values) / steps
+        tokens_per_sec = tokens_per_step / medians[name]
+        mfu = f"{100 * flops_per_token(model) * tokens_per_sec / peak:.1f}%" if peak else "n/a"
+        print(f"| {name} | {1000 * medians[name]:.2f} | {tokens_per_sec:,.0f} | {mfu} |")
+    plain, ours = medians.values()
+    print(f"\ntrain.py / plain loop, time per step: {ours / plain:.3f}")
+
+
+# --------------------------------------------------------------------------- whole processes
+
+
+def whole_runs(repeats: int) -> None:
+    """``python train.py`` and nanoGPT's CPU recipe as whole processes, alternated, ``repeats`` times each."""
+    commands = {"python train.py": [sys.executable, "train.py", "trainer.enable_progress_bar=false"],
+                "nanoGPT's CPU recipe (plain loop)": [sys.executable, "bench/nanogpt_cpu.py"]}
+    results = {name: [] for name in commands}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(repeats):
+            for name, command in commands.items():
+                extra = [f"hydra.run.dir={tmp}/run{repeat}"] if name == "python train.py" else []
+                start = time.perf_counter()
+                done = subprocess.run(command + extra, cwd=REPO, capture_output=True, text=True, check=True)
+                loss = float(done.stdout.strip().splitlines()[-1].split()[2].rstrip(","))
+                results[name].append((time.perf_counter() - start, loss))
+                print(f"{name}: {results[name][-1][0]:.1f} s, best val/loss {loss:.4f}", flush=True)
+    print(f"\n| process | wall s (each run) | median | best val/loss |\n|---|---|---|---|")
+    for name, runs in results.items():
+        print(f"| {name} | {', '.join(f'{w:.1f}' for w, _ in runs)} | {statistics.median(w for w, _ in runs):.1f} | "
+              f"{', '.join(f'{loss:.4f}' for _, loss in runs)} |")
 
 
 def main() -> None:
-    args = parse_args()
-    on_gpu = torch.cuda.is_available()
-    compile_flag = on_gpu if args.compile == "auto" else args.compile == "true"
-    if on_gpu:
-        torch.set_float32_matmul_precision("high")
-    peak = gpu_peak_flops(torch.cuda.get_device_name()) if on_gpu else None
-    flops = flops_per_token(make_model_config(args).build())
-    with tempfile.TemporaryDirectory() as tmp:
-        loader = make_loader(args, Path(tmp))
-        results = {}
-        for name, run in (("plain PyTorch loop", run_plain), ("Lightning (gpt.lm.CausalLM)", run_lightning)):
-            if on_gpu:
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            seconds = run(args, loader, compile_flag)
-            memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if on_gpu else "n/a"
-            results[name] = seconds, memory
-    device = torch.cuda.get_device_name() if on_gpu else "CPU"
-    print(f"\n{args.model}, batch {args.batch_size} x {args.block_size}, precision "
-          f"{auto_precision(args.precision)}, compile {compile_flag}, {device}\n")
-    print("| loop | ms/step | tokens/s | MFU | peak memory |\n|---|---|---|---|---|")
-    rates = [report(name, seconds, memory, args, flops, peak) for name, (seconds, memory) in results.items()]
-    print(f"\nLightning / plain tokens/s: {rates[1] / rates[0]:.3f}")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=PRESETS, default="gpt2" if torch.cuda.is_available() else "tiny")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--whole-run", action="store_true", help="time whole processes instead")
+    args = parser.parse_args()
+    os.chdir(REPO)
+    if args.whole_run:
+        whole_runs(args.repeats)
+    else:
+        benchmark(args.preset, args.repeats)
 
 
 if __name__ == "__main__":
