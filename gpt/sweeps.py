@@ -7,11 +7,11 @@ from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from gpt.callbacks import read_result
-from gpt.model import format_count
+from gpt import format_count
+from gpt.context import is_rank_zero
+from gpt.result import read_result
 
 SUMMARY_FILE = "summary.csv"
 SUMMARY_COLUMNS = ["job", "val_loss", "best_step", "steps", "parameters", "wall_s", "status", "overrides", "error",
@@ -20,7 +20,8 @@ SUMMARY_COLUMNS = ["job", "val_loss", "best_step", "steps", "parameters", "wall_
 
 class SweepSummary(Callback):
     """Records every job of a multirun (overrides, best val/loss, steps, wall time, failed or not), keeps
-    ``summary.csv`` in the sweep directory up to date after each job, and prints the table sorted by loss at the end.
+    ``summary.csv`` in the sweep directory up to date after each job, and at the end prints the table sorted by
+    loss and draws the comparison plots (``gpt.compare``) into the sweep directory.
 
     It sees the jobs that run in its own process, as the basic launcher runs them (grids and Optuna searches)."""
 
@@ -35,18 +36,19 @@ class SweepSummary(Callback):
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         self.job_started = time.perf_counter()
 
-    @rank_zero_only  # under torchrun every rank runs the sweep; one of them keeps the record
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
-        if self.sweep_dir is None:  # a single run
+        if self.sweep_dir is None or not is_rank_zero():  # a single run; under torchrun, rank 0 keeps the record
             return
         self.rows.append(job_row(config, job_return, time.perf_counter() - self.job_started))
         self.rows.sort(key=lambda row: row["val_loss"] if row["val_loss"] != "" else math.inf)
         write_summary(self.rows, self.sweep_dir / SUMMARY_FILE)
 
-    @rank_zero_only
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if self.rows:
+        if self.rows and is_rank_zero():
             print(format_summary(self.rows, self.sweep_dir / SUMMARY_FILE))
+            from gpt.compare import compare  # matplotlib takes a second to import: only when a sweep ends
+
+            print("plots: " + ", ".join(str(path) for path in compare([self.sweep_dir])))
 
 
 def job_row(config: DictConfig, job_return: JobReturn, wall_s: float) -> dict:

@@ -4,11 +4,13 @@ import csv
 import itertools
 import time
 
+import matplotlib.pyplot as plt
 import pytest
 import yaml
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 from conftest import REPO, compose_train, sweep_tiny
+from gpt.compare import find_runs, swept
 from wandb_offline import offline_runs
 
 
@@ -26,7 +28,12 @@ def table_lines(stdout: str) -> list[str]:
     """The printed table's job lines, after its header."""
     lines = stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["job", "val/loss"])
-    return lines[header + 1:]
+    table = []
+    for line in lines[header + 1:]:
+        if not line.split() or not line.split()[0].isdigit():
+            break
+        table.append(line)
+    return table
 
 
 def test_grid_jobs_are_separate_wandb_runs_in_one_group_and_summarised(tmp_path, wandb_env):
@@ -51,6 +58,13 @@ def test_grid_jobs_are_separate_wandb_runs_in_one_group_and_summarised(tmp_path,
     assert run0.group == run1.group == str(sweep_dir)
     assert "optim.lr=0.001" in run0.name.split(",") and run0.config["optim"]["lr"] == 1e-3
     assert "optim.lr=0.003" in run1.name.split(",") and run1.config["optim"]["lr"] == 3e-3
+
+    # the sweep ends with its plots: the val/loss curves and the best val/loss against the learning rate
+    curves, best = plt.imread(sweep_dir / "val_loss_curves.png"), plt.imread(sweep_dir / "best_val_loss.png")
+    assert curves.shape[0] > 300 and best.shape[0] > 300 and curves.std() > 0.01
+    runs = find_runs([sweep_dir])
+    assert swept(runs) == ["optim.lr"] and [run.steps for run in runs] == [[30, 60], [30, 60]]
+    assert [run.best for run in runs] == [float(rows[1]["val_loss"]), float(rows[0]["val_loss"])]
 
 
 def test_a_diverged_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path):

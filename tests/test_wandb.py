@@ -34,6 +34,12 @@ def test_run_without_api_key_logs_offline_into_the_run_directory(tmp_path, wandb
 
     assert (run_dir / "metrics.csv").is_file()  # the CSV log is still on
 
+    # the runs table of the project page shows the best val/loss and sorts by size, best step and time
+    assert run.metric_summaries["val/loss"] == ["min"] and run.metric_summaries["val/mlm_acc"] == ["max"]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert {key: run.summary[key] for key in ("parameters", "best_step", "wall_s")} == \
+        {key: result[key] for key in ("parameters", "best_step", "wall_s")}
+
 
 def test_no_key_means_offline(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -24,6 +24,8 @@ class OfflineRun:
     tags: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    metric_summaries: dict[str, list[str]] = field(default_factory=dict)  # define_metric(name, summary=...)
     exit_code: int | None = None
 
     def metric(self, key: str) -> list:
@@ -62,6 +64,12 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
         elif kind == "history":
             run.history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                                 for item in record.history.item})
+        elif kind == "summary":
+            run.summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                for item in record.summary.update})
+        elif kind == "metric" and record.metric.name:
+            run.metric_summaries[record.metric.name] = [name for name in ("min", "max", "mean", "last", "best")
+                                                        if getattr(record.metric.summary, name, False)]
         elif kind == "exit":
             run.exit_code = record.exit.exit_code
     return run
