@@ -14,6 +14,11 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: the run failed (in a sweep, only this trial), though the input was valid."""
 
 
+def format_count(n: int) -> str:
+    """A parameter count for people: 124.44M, 1.56B."""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
 def check_positive(name: str, value, kind: type = int) -> None:
     """Raise a UserError unless ``value`` is a positive int (or, with ``kind=float``, a positive number)."""
     allowed = (int, float) if kind is float else int

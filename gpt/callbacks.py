@@ -1,7 +1,6 @@
-"""Lightning callbacks and the checkpoint plugin: throughput, text samples, divergence and checkpoints (named in
-conf/callbacks), and what train.py adds itself: the progress bar, the final validation and the run's result."""
+"""Lightning callbacks and the checkpoint plugin: training metrics, text samples, divergence and checkpoints (named
+in conf/callbacks), and what train.py adds itself: the progress bar, the final validation and the run's result."""
 
-import json
 import logging
 import math
 import time
@@ -19,6 +18,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from gpt import IGNORE_INDEX, TrainingDiverged, UserError
 from gpt.checkpoint import save_checkpoint_file
 from gpt.model import GPT, count_parameters, fill_masks
+from gpt.result import remove_result, write_result
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,14 @@ def batch_tokens(batch) -> int:
     return inputs.numel()
 
 
-class Throughput(L.Callback):
-    """Logs ``perf/tokens_per_sec`` (all devices), ``perf/step_ms`` and ``perf/mfu`` (model FLOPs
-    utilisation against the peak of the GPU in use, or ``peak_tflops``) every ``log_every_n_steps``
-    optimizer steps. Time spent in validation is left out. The GPU is synchronised only when logging."""
+class TrainingMetrics(L.Callback):
+    """Every ``log_every_n_steps`` optimizer steps, writes the training metrics to the loggers: ``train/loss`` (of
+    the step's last micro-batch), ``lr``, ``train/pad_frac`` (padded batches), ``perf/tokens_per_sec`` (all
+    devices), ``perf/step_ms`` and ``perf/mfu`` (model FLOPs utilisation against the peak of the GPU in use, or
+    ``peak_tflops``). Time spent in validation is left out.
+
+    Between logging steps nothing is read from the device. The metrics go to the loggers directly: Lightning's
+    ``self.log`` costs about a millisecond a call on a small CPU, more than a small model's whole step."""
 
     def __init__(self, log_every_n_steps: int = 10, peak_tflops: float | None = None):
         self.log_every_n_steps, self.peak_tflops = log_every_n_steps, peak_tflops
@@ -71,18 +75,21 @@ class Throughput(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int):
         self.tokens += batch_tokens(batch) * trainer.world_size
-        steps = trainer.global_step - self.start_step
-        if steps < self.log_every_n_steps:
+        step, steps = trainer.global_step, trainer.global_step - self.start_step
+        if steps == 0 or step % self.log_every_n_steps:  # steps == 0: a micro-batch before the step is done
             return
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - self.start
         tokens_per_sec = self.tokens / seconds
-        metrics = {"perf/tokens_per_sec": tokens_per_sec, "perf/step_ms": 1000 * seconds / steps}
+        metrics = {"train/loss": float(outputs["train_loss"]), "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                   "perf/tokens_per_sec": tokens_per_sec, "perf/step_ms": 1000 * seconds / steps}
+        if isinstance(batch, dict):  # padded examples: the share of the batch that is padding
+            metrics["train/pad_frac"] = 1 - float(batch["attention_mask"].float().mean())
         if self.peak:
             metrics["perf/mfu"] = self.flops_per_token * tokens_per_sec / trainer.world_size / self.peak
-        pl_module.log_dict(metrics, prog_bar=False)
-        pl_module.log("tok/s", tokens_per_sec, prog_bar=True, logger=False)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
         self._restart(trainer)
 
 
@@ -191,14 +198,14 @@ class Checkpoints(Checkpoint):
 
     def save_last(self, trainer, link_to_best: bool = False) -> None:
         self.last_model_path, self.saved_step = str(self.dirpath / "last.ckpt"), trainer.global_step
+        last = Path(self.last_model_path)
+        if trainer.is_global_zero and (link_to_best or last.is_symlink()):
+            last.unlink(missing_ok=True)  # a link is replaced, never written through (into best.ckpt)
+            if link_to_best:
+                last.symlink_to("best.ckpt")
+        trainer.strategy.barrier()
         if not link_to_best:
             trainer.save_checkpoint(self.last_model_path)
-            return
-        if trainer.is_global_zero:
-            last = Path(self.last_model_path)
-            last.unlink(missing_ok=True)
-            last.symlink_to("best.ckpt")
-        trainer.strategy.barrier()
 
     def state_dict(self) -> dict:
         return {"best_score": self.best_score, "best_step": self.best_step, "best_model_path": self.best_model_path}
@@ -228,11 +235,12 @@ class FinalValidation(L.Callback):
 
 class StepProgress(ProgressBar):
     """One line for the run: the optimizer step out of ``max_steps``, the losses, tokens/s and the time left,
-    refreshed every ``refresh_steps`` steps (reading the metrics waits for the device)."""
+    refreshed every ``refresh_steps`` steps (reading the loss waits for the device)."""
 
     def __init__(self, refresh_steps: int = 10):
         super().__init__()
         self.refresh_steps, self.enabled, self.bar, self.redirect = refresh_steps, True, None, ExitStack()
+        self.train_loss, self.tokens, self.since = None, 0, time.perf_counter()
 
     def disable(self) -> None:
         self.enabled = False
@@ -247,8 +255,11 @@ class StepProgress(ProgressBar):
                             dynamic_ncols=True, smoothing=0.1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self.bar is not None and (trainer.global_step - self.bar.n >= self.refresh_steps
-                                     or trainer.global_step >= trainer.max_steps):
+        if self.bar is None:
+            return
+        self.tokens += batch_tokens(batch) * trainer.world_size
+        if trainer.global_step - self.bar.n >= self.refresh_steps or trainer.global_step >= trainer.max_steps:
+            self.train_loss = float(outputs["train_loss"])
             self.refresh(trainer)
 
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -258,15 +269,17 @@ class StepProgress(ProgressBar):
     def on_validation_end(self, trainer, pl_module) -> None:
         if self.bar is not None and not trainer.sanity_checking:
             self.bar.set_description("train")
-            self.refresh(trainer)
+            self.refresh(trainer)  # tokens/s from here on leaves the validation out
 
     def refresh(self, trainer) -> None:
-        metrics = trainer.progress_bar_metrics
-        shown = [f"{name} {metrics[name]:.4f}" for name in ("train/loss", "val/loss", "val/mlm_acc") if name in metrics]
-        if "tok/s" in metrics:
-            shown.append(f"{metrics['tok/s']:,.0f} tok/s")
+        metrics = {"train/loss": self.train_loss, **trainer.progress_bar_metrics}
+        shown = [f"{name} {metrics[name]:.4f}" for name in ("train/loss", "val/loss", "val/mlm_acc")
+                 if metrics.get(name) is not None]
+        if self.tokens:
+            shown.append(f"{self.tokens / (time.perf_counter() - self.since):,.0f} tok/s")
         self.bar.set_postfix_str(", ".join(shown), refresh=False)
         self.bar.update(trainer.global_step - self.bar.n)
+        self.tokens, self.since = 0, time.perf_counter()
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.bar is not None:
@@ -274,11 +287,11 @@ class StepProgress(ProgressBar):
             self.bar = None
         self.redirect.close()
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.on_train_end(trainer, pl_module)
+
     def print(self, *args, **kwargs) -> None:
         tqdm.write(" ".join(map(str, args)))
-
-
-RESULT_FILE = "result.json"
 
 
 class RunResult(L.Callback):
@@ -290,13 +303,12 @@ class RunResult(L.Callback):
     ``ddp_spawn``."""
 
     def __init__(self, output_dir: str | Path):
-        self.path = Path(output_dir) / RESULT_FILE
-        self.started = time.perf_counter()
+        self.output_dir, self.started = output_dir, time.perf_counter()
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.started = time.perf_counter()
         if trainer.is_global_zero:
-            self.path.unlink(missing_ok=True)
+            remove_result(self.output_dir)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         checkpoints = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, Checkpoints)), None)
@@ -306,14 +318,8 @@ class RunResult(L.Callback):
                   "steps": trainer.global_step, "parameters": count_parameters(pl_module.model),
                   "wall_s": round(time.perf_counter() - self.started, 1),
                   "best_checkpoint": checkpoints.best_model_path}
-        self.path.write_text(json.dumps(result, indent=1) + "\n")
+        write_result(self.output_dir, result)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):  # the runs table of the project page sorts by these
                 logger.experiment.summary.update({key: value for key, value in result.items()
                                                   if key not in ("val_loss", "best_checkpoint")})
-
-
-def read_result(output_dir: str | Path) -> dict:
-    """What ``RunResult`` wrote in ``output_dir``; empty if the run did not finish."""
-    path = Path(output_dir) / RESULT_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,4 +1,6 @@
-"""Where this process runs: inside a Hydra multirun (``python train.py -m``) or not."""
+"""Where this process runs: inside a Hydra multirun (``python train.py -m``) or not, first of its launch or not."""
+
+import os
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -6,6 +8,12 @@ from hydra.types import RunMode
 
 def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def is_rank_zero() -> bool:
+    """Whether this is the first of the processes that a launcher started together (torchrun, Lightning and
+    SLURM's launch tell each its rank)."""
+    return all(int(os.environ.get(key, 0)) == 0 for key in ("RANK", "SLURM_PROCID"))
 
 
 def sweep_dir() -> str | None:

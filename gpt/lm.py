@@ -7,13 +7,12 @@ from collections.abc import Callable
 import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
-from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
 from gpt import IGNORE_INDEX, TrainingDiverged, UserError
 from gpt.checkpoint import uncompiled
 from gpt.compat import skip_update_if
-from gpt.model import Block, param_groups
+from gpt.model import Block, apply_lr_scales, cross_entropy, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +49,12 @@ def can_compile(device: torch.device) -> str | None:
 
 
 class LanguageModel(L.LightningModule):
-    """What the objectives share: the model built from its config, the optimizer and scheduler, the logging,
-    the guard against non-finite gradients, and ``metadata`` (resolved config, tokenizer) stored in every
+    """What the objectives share: the model built from its config, the optimizer and scheduler, the validation
+    loss, the guard against non-finite gradients, and ``metadata`` (resolved config, tokenizer) stored in every
     checkpoint. A subclass says which logits predict which labels (``logits_and_labels``).
 
-    Nothing here waits for the device on a step of its own: the loss and the guard's count stay on the device,
-    and are read every ``trainer.log_every_n_steps`` steps, when they are logged."""
+    A training step never waits for the device: the guard's count of skipped steps stays there, and is read
+    every ``trainer.log_every_n_steps`` steps, as the loss is by ``gpt.callbacks.TrainingMetrics``."""
 
     def __init__(self, model_config, optimizer: Callable, scheduler: Callable | None = None,
                  metadata: dict | None = None, max_nonfinite_skips: int | None = 3, compile: bool | str = "auto"):
@@ -65,7 +64,7 @@ class LanguageModel(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.metadata = metadata or {}
         self.max_nonfinite_skips = max_nonfinite_skips
-        self.nonfinite_steps, self.nonfinite_seen = None, 0  # on the device; as last read on the host
+        self.nonfinite_steps, self.nonfinite_seen = None, 0  # skipped steps: on the device, and as last read
 
     def __setattr__(self, name: str, value) -> None:
         # Lightning sets a few plain attributes, such as the name of the hook it calls, several times a step, and
@@ -91,38 +90,33 @@ class LanguageModel(L.LightningModule):
     def logits_and_labels(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def logs_this_step(self) -> bool:
-        """Whether the optimizer step under way is one that Lightning writes to the loggers."""
-        return (self.global_step + 1) % self.trainer.log_every_n_steps == 0
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The loss, and as ``train_loss`` the same value for ``gpt.callbacks.TrainingMetrics`` to log (Lightning
+        divides ``loss`` by the gradient accumulation before the callbacks see it)."""
         loss = cross_entropy(*self.logits_and_labels(batch))
-        if self.logs_this_step():
-            # logged as tensors: Lightning reads them when it writes the logs, every log_every_n_steps steps;
-            # "step" counts optimizer steps done, as the log, the checkpoints and result.json do
-            self.log("train/loss", loss, prog_bar=True)
-            self.log_dict({"lr": self.optimizers().param_groups[0]["lr"], "step": float(self.global_step + 1)})
-            if isinstance(batch, dict):  # padded examples: the share of the batch that is padding
-                self.log("train/pad_frac", 1 - batch["attention_mask"].float().mean())
-        return loss
+        return {"loss": loss, "train_loss": loss.detach()}
+
+    def on_train_start(self) -> None:
+        self.nonfinite_steps = torch.zeros((), dtype=torch.long, device=self.device)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Clip as configured, and skip the update when a gradient is NaN or infinite (the guard)."""
+        """Clip as configured; with the guard on, also skip the update when a gradient is NaN or infinite. The
+        guard uses the gradient norm that clipping by norm computes anyway."""
         by_norm = gradient_clip_algorithm in (None, "norm") and not isinstance(self.trainer.strategy, FSDPStrategy)
         if self.max_nonfinite_skips is None or not by_norm:
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        if self.max_nonfinite_skips is None:
-            return
+            if self.max_nonfinite_skips is None:
+                return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads)  # the same on every rank: gradients are reduced by now
         if gradient_clip_val and by_norm:
             torch.nn.utils.clip_grads_with_norm_(self.parameters(), gradient_clip_val, norm)
         nonfinite = ~torch.isfinite(norm)
         skip_update_if(optimizer, nonfinite)
-        self.nonfinite_steps = nonfinite.long() + (0 if self.nonfinite_steps is None else self.nonfinite_steps)
+        self.nonfinite_steps += nonfinite
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.nonfinite_steps is not None and self.global_step % self.trainer.log_every_n_steps == 0:
+        if self.max_nonfinite_skips is not None and self.global_step % self.trainer.log_every_n_steps == 0:
             self.check_nonfinite()
 
     def check_nonfinite(self) -> None:
@@ -147,13 +141,12 @@ class LanguageModel(L.LightningModule):
         return logits, labels, n_labels
 
     def on_validation_epoch_end(self) -> None:
-        self.log("step", float(self.global_step), sync_dist=True)  # the same on every rank
+        # the x axis of every logger: optimizer steps done, as in the log, the checkpoints and result.json
+        self.log("step", float(self.global_step), sync_dist=True)
 
     def configure_optimizers(self):
         extra = {"fused": True} if self.device.type in ("cuda", "cpu") else {}  # fused: one kernel, and the guard
-        optimizer = self.optimizer_factory(param_groups(self.model), **extra)
-        for group in optimizer.param_groups:  # μP: the hidden matrices learn at a scaled rate
-            group["lr"] *= group.get("lr_scale", 1.0)
+        optimizer = apply_lr_scales(self.optimizer_factory(param_groups(self.model), **extra))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
@@ -210,10 +203,3 @@ class MaskedLM(LanguageModel):
         logits, labels, n_labels = super().validation_step(batch, batch_idx)
         correct = (logits.argmax(dim=-1) == labels).sum()
         self.log("val/mlm_acc", correct / max(n_labels, 1), batch_size=n_labels, prog_bar=True, sync_dist=True)
-
-
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean loss over the positions with a label (not -100); 0, not NaN, when a batch has none."""
-    loss = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
-    return loss / (labels != IGNORE_INDEX).sum().clamp(min=1)

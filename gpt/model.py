@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from gpt import UserError, check_positive
+from gpt import IGNORE_INDEX, UserError, check_positive
 
 POSITIONS = ("learned", "rope")
 MLPS = ("gelu", "gelu_tanh", "swiglu")  # gelu: exact (erf); gelu_tanh: GPT-2's tanh approximation
@@ -229,6 +229,13 @@ def fill_masks(model: nn.Module, ids: list[int], mask_id: int, special_ids: Coll
     return filled, [list(zip(c, p)) for c, p in zip(candidates.tolist(), probs.tolist())]
 
 
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean loss over the positions with a label (not -100); 0, not NaN, when a batch has none."""
+    loss = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
+                           reduction="sum")
+    return loss / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
 def param_groups(model: nn.Module) -> list[dict]:
     """Parameter groups for AdamW: weight decay on matrices only, not on biases, norms and gains. Under μP the
     hidden matrices learn at lr / width_mult (the ``lr_scale`` of their group), the rest at lr."""
@@ -243,6 +250,13 @@ def param_groups(model: nn.Module) -> list[dict]:
     return [group for group in groups if group["params"]]
 
 
+def apply_lr_scales(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Scale each group's lr by its ``lr_scale`` (from ``param_groups``): an optimizer is made with one lr."""
+    for group in optimizer.param_groups:
+        group["lr"] *= group.get("lr_scale", 1.0)
+    return optimizer
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable weights, tied embeddings counted once and vocabulary padding rows not at all."""
     n = sum(p.numel() for p in model.parameters())
@@ -250,10 +264,6 @@ def count_parameters(model: nn.Module) -> int:
     if isinstance(config, GPTConfig):
         n -= (config.padded_vocab_size - config.vocab_size) * config.n_embd * (1 if config.tie_weights else 2)
     return n
-
-
-def format_count(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
 
 
 class Bigram(Generator):

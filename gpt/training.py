@@ -12,15 +12,16 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from gpt import UserError, check_positive
-from gpt.callbacks import FinalValidation, RunResult, StepProgress, read_result
+from gpt import UserError, check_positive, format_count
+from gpt.callbacks import FinalValidation, RunResult, StepProgress
 from gpt.checkpoint import check_tokenizer, find_resume_checkpoint, load_checkpoint, load_initial_weights
 from gpt.compat import relaunches_script
 from gpt.context import in_multirun
 from gpt.datamodule import TokenDataModule
 from gpt.lm import MaskedLM
 from gpt.loggers import log_config, make_loggers, wandb_run_finished
-from gpt.model import count_parameters, format_count
+from gpt.model import count_parameters
+from gpt.result import read_result
 
 log = logging.getLogger(__name__)
 

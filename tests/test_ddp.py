@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import REPO, SHAKESPEARE, TINY_GPT, train_tiny
-from gpt.callbacks import read_result
+from gpt.result import read_result
 
 DDP_RUN = ["data.batch_size=8", "trainer.max_steps=30", "trainer.val_check_interval=10", "data.val_windows=64",
            "trainer.accelerator=cpu", "global_batch_size=16", "trainer.log_every_n_steps=1"]

@@ -11,8 +11,7 @@ from gpt import UserError
 from gpt.checkpoint import load_initial_weights
 from gpt.corpus import prepare_windows, token_dtype
 from gpt.hf import from_hf, read_hf_state_dict, save_hf
-from gpt.lm import cross_entropy
-from gpt.model import GPTConfig, count_parameters
+from gpt.model import GPTConfig, count_parameters, cross_entropy
 from gpt.tokenizers import fit_tokenizer, tokenizer_from_dict
 from gpt.training import build_lm
 

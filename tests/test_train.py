@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import run_script, train_tiny
-from gpt.callbacks import read_result
+from gpt.result import read_result
 
 
 def read_metrics(run_dir):
