@@ -29,7 +29,7 @@ from tqdm import tqdm
 from gpt import UserError
 from gpt.bpe import ENDOFTEXT
 from gpt.files import atomic_write_text, atomic_writer, exclusive
-from gpt.tokenizers import Tokenizer, fit_tokenizer, tokenizer_from_dict
+from gpt.tokenizers import Tokenizer, check_tokenizer_options, fit_tokenizer, tokenizer_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ def prepared_dir(cache_dir: str | Path, text_path: str | Path, tokenizer: str, v
                  example: str | None = None) -> Path:
     """Where the token files of ``text_path`` are kept: named after the text, with a digest of its absolute path,
     so that two texts of the same name (``a/texts``, ``b/texts``) never share a directory."""
+    check_tokenizer_options(tokenizer, vocab_size)
     digest = hashlib.sha1(str(Path(text_path).resolve()).encode()).hexdigest()[:8]
     name = f"{Path(text_path).stem}-{digest}-{tokenizer}{vocab_size if tokenizer == 'bpe' else ''}"
     return Path(cache_dir) / (f"{name}-{example}s" if example else name)

@@ -101,19 +101,23 @@ class TiktokenTokenizer:
 Tokenizer = CharTokenizer | TiktokenTokenizer
 
 
+def check_tokenizer_options(kind: str, vocab_size: int | None) -> None:
+    if kind not in KINDS:
+        raise UserError(f"data.tokenizer={kind!r} is not a known tokenizer; choose one of {', '.join(KINDS)}")
+    if kind == "bpe" and not vocab_size:
+        raise UserError("data.tokenizer=bpe needs data.vocab_size, e.g. data.vocab_size=4096")
+
+
 def fit_tokenizer(kind: str, texts: Iterable[str], vocab_size: int | None = None) -> Tokenizer:
+    check_tokenizer_options(kind, vocab_size)
     if kind == "char":
         return CharTokenizer.fit(texts)
     if kind == "gpt2":
         return TiktokenTokenizer(gpt2_encoding(), "gpt2")
-    if kind == "bpe":
-        if not vocab_size:
-            raise UserError("data.tokenizer=bpe needs data.vocab_size, e.g. data.vocab_size=4096")
-        try:
-            return TiktokenTokenizer(train_bpe(texts, vocab_size), "bpe")
-        except ValueError as e:
-            raise UserError(f"cannot train the BPE tokenizer: {e}") from None
-    raise UserError(f"data.tokenizer={kind!r} is not a known tokenizer; choose one of {', '.join(KINDS)}")
+    try:
+        return TiktokenTokenizer(train_bpe(texts, vocab_size), "bpe")
+    except ValueError as e:
+        raise UserError(f"cannot train the BPE tokenizer: {e}") from None
 
 
 def tokenizer_from_dict(d: dict) -> Tokenizer:
