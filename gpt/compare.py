@@ -14,6 +14,7 @@ A multirun draws both into its sweep directory when it ends.
 
 import argparse
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,13 +95,14 @@ def plot_curves(runs: list[Run], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     keys = swept(runs)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    columns = math.ceil(len(runs) / 20)  # the legend goes beside the plot, 20 runs a column
+    fig, ax = plt.subplots(figsize=(7 + 3.5 * columns, 5))
     for run in runs:
         if run.steps:
             ax.plot(run.steps, run.val_losses, marker=".", label=label(run, keys))
     ax.set(xlabel="step", ylabel="val/loss", title="validation loss")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1), ncol=columns)
     return save(fig, out / "val_loss_curves.png")
 
 
