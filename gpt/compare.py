@@ -130,7 +130,7 @@ def plot_best(runs: list[Run], out: Path, x: str | None = None, lines: list[str]
             name = " ".join(f"{k}={v}" for k, v in zip(line_keys, values)) or "best val/loss"
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
         xs = [as_number(run.overrides.get(x_key)) for run in shown]
-        if xs and all(isinstance(v, float) and v > 0 for v in xs) and max(xs) / min(xs) > 10:
+        if xs and all(isinstance(v, float) and v > 0 for v in xs) and max(xs) / min(xs) >= 10:
             ax.set_xscale("log")
         ax.set(xlabel=x_key, title=f"{panel_key}={panel}" if panel_key else f"best val/loss by {x_key}")
         ax.grid(alpha=0.3)
