@@ -142,10 +142,13 @@ class TextSamples(L.Callback):
         return self.tokenizer.decode(ids[len(self.prompt_ids):])
 
     def fill(self, pl_module) -> tuple[str, str, str]:
-        """(the text, as the model sees it with its masks, with each [MASK] filled by the model's best guess)."""
-        masked, labels = self.masked_example["input_ids"][0], self.masked_example["labels"][0]
-        text = torch.where(labels != IGNORE_INDEX, labels, masked)
+        """(the text, with [MASK] at each position validation predicts, with each [MASK] filled by the model's
+        best guess). Validation replaces some of those positions by random or unchanged tokens, as in training;
+        here every one of them is shown as [MASK]."""
         tok = self.tokenizer
+        chosen, labels = self.masked_example["labels"][0] != IGNORE_INDEX, self.masked_example["labels"][0]
+        text = torch.where(chosen, labels, self.masked_example["input_ids"][0])
+        masked = torch.where(chosen, tok.mask_id, text)
         filled, _ = fill_masks(pl_module.model, masked.tolist(), tok.mask_id, tok.special_ids, top_k=1)
         return tok.decode(text.tolist()), tok.decode(masked.tolist()), tok.decode(filled)
 

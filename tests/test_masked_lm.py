@@ -48,6 +48,9 @@ def test_training_shows_a_validation_example_with_its_masks_filled(mlm_run):
     masked, filled, text = re.search(r": '(.*)' -> '(.*)' \(the text: '(.*)'\)$", line).groups()
     assert "[MASK]" in masked and "[MASK]" not in filled
     assert len(filled) == len(text) == len(masked) - masked.count("[MASK]") * (len("[MASK]") - 1)
+    # every position that validation predicts is shown masked; everything else is the text itself (as the log's
+    # repr shows it: a masked newline is two characters there)
+    assert re.fullmatch(r"(?:\\.|.)".join(map(re.escape, masked.split("[MASK]"))), text, re.DOTALL)
 
 
 def test_sample_fills_masks(mlm_run):
