@@ -90,6 +90,7 @@ class TrainingMetrics(L.Callback):
             metrics["perf/mfu"] = self.flops_per_token * tokens_per_sec / trainer.world_size / self.peak
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
+            logger.save()  # as Lightning does after its own logging: metrics.csv is current while the run goes
         self._restart(trainer)
 
 
@@ -209,6 +210,8 @@ class Checkpoints(Checkpoint):
         trainer.strategy.barrier()
         if not link_to_best:
             trainer.save_checkpoint(self.last_model_path)
+        for logger in trainer.loggers:  # the logs are never behind a checkpoint that a resume starts from
+            logger.save()
 
     def state_dict(self) -> dict:
         return {"best_score": self.best_score, "best_step": self.best_step, "best_model_path": self.best_model_path}

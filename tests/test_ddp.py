@@ -31,7 +31,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert len(val_losses(one)) == 3
     assert torch.allclose(torch.tensor(val_losses(one)), torch.tensor(val_losses(two)), atol=1e-5)
     weights = [torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for run in (one, two)]
-    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-5) for k in weights[0])
+    # within 1/30 of one Adam step (lr 3e-3): the two runs add gradients in different orders, and Adam's
+    # normalised update magnifies that rounding where gradients are smallest
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-4) for k in weights[0])
 
 
 def test_global_batch_must_divide(tmp_path):
