@@ -90,7 +90,6 @@ def prepared_dir(cache_dir: str | Path, text_path: str | Path, tokenizer: str, v
                  example: str | None = None) -> Path:
     """Where the token files of ``text_path`` are kept: named after the text, with a digest of its absolute path,
     so that two texts of the same name (``a/texts``, ``b/texts``) never share a directory."""
-    check_tokenizer_options(tokenizer, vocab_size)
     digest = hashlib.sha1(str(Path(text_path).resolve()).encode()).hexdigest()[:8]
     name = f"{Path(text_path).stem}-{digest}-{tokenizer}{vocab_size if tokenizer == 'bpe' else ''}"
     return Path(cache_dir) / (f"{name}-{example}s" if example else name)
@@ -135,7 +134,9 @@ class TokenFile:
 
 def prepare(out_dir: Path, files: list[Path], options: dict, build: Callable[[Path], tuple[Tokenizer, dict]]) -> dict:
     """The meta of ``out_dir`` prepared from ``files`` with ``options``: read when it is up to date, else made by
-    ``build(out_dir)``, which writes the token files and returns (tokenizer, the rest of the meta)."""
+    ``build(out_dir)``, which writes the token files and returns (tokenizer, the rest of the meta). Options that
+    cannot make a tokenizer are refused before anything is written, the lock file included."""
+    check_tokenizer_options(options["tokenizer"], options["vocab_size"])
     source = {"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
               **options, "format": PREPARED_FORMAT}
     if meta := _current_meta(out_dir, source):
