@@ -143,13 +143,8 @@ class Generator(nn.Module):
                  top_k: int | None = None, top_p: float | None = None, eot_id: int | None = None,
                  use_cache: bool = True, suppress_ids: Collection[int] = ()) -> list[list[int]]:
         """Each prompt followed by its new tokens (up to and including ``eot_id`` when it comes); the tokens
-        of ``suppress_ids`` (such as ``[PAD]``, ``[MASK]``) are never generated.
-
-        Prompts of different lengths are left-padded into one batch, and padding is masked out of attention, so
-        each prompt's continuation is the one it gets alone. With ``use_cache`` the keys and values of earlier
-        tokens are kept while the sequence fits in ``block_size``; past that, each new token recomputes the
-        last ``block_size`` tokens, as without the cache. The model therefore always sees exactly the last
-        ``block_size`` tokens and both ways give the same tokens; only the steps past the context are slower."""
+        of ``suppress_ids`` (such as ``[PAD]``, ``[MASK]``) are never generated. Batching and the KV cache past
+        ``block_size``: see the class docstring."""
         idx, mask = left_pad(prompts, next(self.parameters()).device)
         prompt_width, cache = idx.size(1), None
         padded = not bool(mask.all())  # without padding, attention needs no mask tensor
