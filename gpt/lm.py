@@ -65,6 +65,7 @@ class LanguageModel(L.LightningModule):
         self.metadata = metadata or {}
         self.max_nonfinite_skips = max_nonfinite_skips
         self.nonfinite_steps, self.nonfinite_seen = None, 0  # skipped steps: on the device, and as last read
+        self.nonfinite_checked_at = 0  # the optimizer step of the last read
 
     def __setattr__(self, name: str, value) -> None:
         # Lightning sets a few plain attributes, such as the name of the hook it calls, several times a step, and
@@ -116,7 +117,11 @@ class LanguageModel(L.LightningModule):
         self.nonfinite_steps += nonfinite
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.max_nonfinite_skips is not None and self.global_step % self.trainer.log_every_n_steps == 0:
+        # once per logging step: with gradient accumulation, several micro-batches end at the same global_step
+        step = self.global_step
+        if (self.max_nonfinite_skips is not None and step % self.trainer.log_every_n_steps == 0
+                and step != self.nonfinite_checked_at):
+            self.nonfinite_checked_at = step
             self.check_nonfinite()
 
     def check_nonfinite(self) -> None:
