@@ -22,6 +22,10 @@ import yaml
 
 from gpt.result import read_result
 
+# overrides that say where or how a run happens, not what it is: they never name a run
+WHERE_OR_HOW_KEYS = {"ckpt_path", "overwrite"}
+WHERE_OR_HOW_PREFIXES = ("hydra.", "paths.")
+
 
 @dataclass
 class Run:
@@ -32,16 +36,25 @@ class Run:
     best: float | None = None
 
 
-def load_run(path: Path) -> Run:
-    """A run directory's overrides (those that say where or how it ran left out), val losses and best val loss."""
-    hydra_dir = path / ".hydra"
-    overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) if (hydra_dir / "overrides.yaml").is_file() else []
-    hydra = yaml.safe_load((hydra_dir / "hydra.yaml").read_text()) if (hydra_dir / "hydra.yaml").is_file() else {}
-    excluded = set(hydra.get("hydra", {}).get("job", {}).get("config", {}).get("override_dirname", {})
-                   .get("exclude_keys", []))
+def read_yaml(path: Path):
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def read_overrides(path: Path) -> dict[str, str]:
+    """The overrides a run directory was started with, less those that say where or how it ran."""
+    overrides = read_yaml(path / ".hydra" / "overrides.yaml") or []
+    hydra = read_yaml(path / ".hydra" / "hydra.yaml") or {}
+    excluded = WHERE_OR_HOW_KEYS | set(hydra.get("hydra", {}).get("job", {}).get("config", {})
+                                       .get("override_dirname", {}).get("exclude_keys", []))
     pairs = (override.split("=", 1) for override in overrides if "=" in override)
-    run = Run(path, {key.lstrip("+~"): value for key, value in pairs
-                     if key.lstrip("+~") not in excluded and not key.startswith("hydra.")})
+    given = {key.lstrip("+~"): value for key, value in pairs}
+    return {key: value for key, value in given.items()
+            if key not in excluded and not key.startswith(WHERE_OR_HOW_PREFIXES)}
+
+
+def load_run(path: Path) -> Run:
+    """A run directory's overrides, val losses and best val loss."""
+    run = Run(path, read_overrides(path))
     if (path / "metrics.csv").is_file():
         with open(path / "metrics.csv", newline="") as f:
             for row in csv.DictReader(f):
@@ -68,13 +81,24 @@ def find_runs(paths: list[Path]) -> list[Run]:
 
 
 def swept(runs: list[Run]) -> list[str]:
-    """The overrides whose values differ between the runs, in the order they were given."""
+    """The overrides whose values differ between the runs (a run without one differs from a run with it), in the
+    order they were given."""
     keys = dict.fromkeys(key for run in runs for key in run.overrides)
     return [key for key in keys if len({run.overrides.get(key) for run in runs}) > 1]
 
 
-def label(run: Run, keys: list[str]) -> str:
-    return " ".join(f"{key}={run.overrides.get(key, '-')}" for key in keys) or run.path.name
+def describe(overrides: dict[str, str | None], keys: list[str]) -> str:
+    """``key=value`` for each of ``keys`` that ``overrides`` sets; a key left at its default is left out."""
+    return " ".join(f"{key}={overrides[key]}" for key in keys if overrides.get(key) is not None)
+
+
+def labels(runs: list[Run]) -> list[str]:
+    """The runs' names in a legend: the overrides in which they differ. A run that sets none of those is at the
+    defaults; where nothing differs, or two runs would read the same, the directory names tell them apart."""
+    keys = swept(runs)
+    names = [describe(run.overrides, keys) or ("defaults" if keys else run.path.name) for run in runs]
+    return [f"{name} ({run.path.name})" if names.count(name) > 1 and name != run.path.name else name
+            for name, run in zip(names, runs)]
 
 
 def as_number(value: str | None) -> float | str:
@@ -91,26 +115,82 @@ def sort_key(value: str | None) -> tuple:
     return (0, number, "") if isinstance(number, float) else (1, 0.0, number)
 
 
-def plot_curves(runs: list[Run], out: Path) -> Path:
-    import matplotlib.pyplot as plt
+def is_learning_rate(key: str) -> bool:
+    name = key.rsplit(".", 1)[-1]
+    return "lr" in name or "learning_rate" in name
 
-    keys = swept(runs)
+
+def log_spaced(key: str, numbers: list[float]) -> bool:
+    """Whether swept values (sorted, distinct) belong on a log axis: all positive, and a learning rate, or spanning
+    10x or more, or a geometric series (widths 32, 64, 128; not dropouts 0.1, 0.2, 0.3)."""
+    if len(numbers) < 2 or numbers[0] <= 0:
+        return False
+    ratios = [high / low for low, high in zip(numbers, numbers[1:])]
+    geometric = len(numbers) >= 3 and min(ratios) > 1.5 and max(ratios) / min(ratios) < 1.3
+    return is_learning_rate(key) or numbers[-1] / numbers[0] >= 10 or geometric
+
+
+def compact(number: float) -> str:
+    """A short tick label: ``1e-3``, ``3e-4``, ``0.1``, ``128``."""
+    text = f"{number:g}"
+    if "e" in text or 0 < abs(number) < 0.01:
+        mantissa, exponent = f"{number:.5e}".split("e")
+        text = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return text
+
+
+def spread_out(numbers: list[float], texts: list[str], log: bool) -> list[int]:
+    """The indices of the values to label, left to right, each far enough from the one before for labels as long
+    as ``texts`` not to overlap on a 5-inch panel."""
+    position = math.log if log else float
+    span = (position(numbers[-1]) - position(numbers[0])) or 1.0
+    min_gap = 0.03 * max(map(len, texts))  # a label's character is ~2.5% of the values' span: 3% leaves a gap
+    kept = []
+    for i, number in enumerate(numbers):
+        if not kept or (position(number) - position(numbers[kept[-1]])) / span >= min_gap:
+            kept.append(i)
+    return kept
+
+
+def set_x_axis(ax, key: str, values: list[str]) -> None:
+    """A log axis for log-spaced numbers, ticks labelled at the swept values themselves; other values (``rope``)
+    stay on matplotlib's categorical axis."""
+    from matplotlib.ticker import NullFormatter
+
+    numbers = {as_number(value) for value in values}
+    if not numbers or not all(isinstance(number, float) for number in numbers):
+        return
+    numbers = sorted(numbers)
+    log = log_spaced(key, numbers)
+    if log:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # the minor ticks stay, unlabelled
+    texts = [compact(number) for number in numbers]
+    kept = spread_out(numbers, texts, log)
+    ax.set_xticks([numbers[i] for i in kept], [texts[i] for i in kept])
+
+
+def curves_figure(runs: list[Run]):
+    """The val/loss of every run against the step, each named by the overrides in which it differs."""
+    from matplotlib.figure import Figure
+
     columns = math.ceil(len(runs) / 20)  # the legend goes beside the plot, 20 runs a column
-    fig, ax = plt.subplots(figsize=(7 + 3.5 * columns, 5))
-    for run in runs:
+    fig = Figure(figsize=(7 + 3.5 * columns, 5), layout="tight")
+    ax = fig.subplots()
+    for run, name in zip(runs, labels(runs)):
         if run.steps:
-            ax.plot(run.steps, run.val_losses, marker=".", label=label(run, keys))
+            # a run validated once is a lone point: a larger marker keeps it visible
+            ax.plot(run.steps, run.val_losses, marker="o", markersize=3 if len(run.steps) > 1 else 6, label=name)
     ax.set(xlabel="step", ylabel="val/loss", title="validation loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1), ncol=columns)
-    return save(fig, out / "val_loss_curves.png")
+    return fig
 
 
-def plot_best(runs: list[Run], out: Path, x: str | None = None, lines: list[str] | None = None,
-              panels: str | None = None) -> Path:
+def best_figure(runs: list[Run], x: str | None = None, lines: list[str] | None = None, panels: str | None = None):
     """Best val loss against ``x``, a line per combination of ``lines``, a panel per value of ``panels``; with no
-    ``x``, a panel for each swept parameter against the others."""
-    import matplotlib.pyplot as plt
+    ``x``, a panel for each swept parameter against the others. A run that does not set ``x`` is left out."""
+    from matplotlib.figure import Figure
 
     keys = swept(runs)
     if x:
@@ -119,46 +199,45 @@ def plot_best(runs: list[Run], out: Path, x: str | None = None, lines: list[str]
         specs = [(x, line_keys, panels, value) for value in panel_values]
     else:
         specs = [(key, [k for k in keys if k != key], None, None) for key in keys]
-    fig, axes = plt.subplots(1, len(specs), figsize=(5 * len(specs), 4), squeeze=False, sharey=True)
-    for ax, (x_key, line_keys, panel_key, panel) in zip(axes[0], specs):
-        shown = [run for run in runs if run.best is not None and (panel_key is None or run.overrides.get(panel_key) == panel)]
-        for values in sorted({tuple(run.overrides.get(k) for k in line_keys) for run in shown},
-                             key=lambda values: [sort_key(v) for v in values]):
-            points = sorted(((run.overrides.get(x_key), run.best) for run in shown
-                             if tuple(run.overrides.get(k) for k in line_keys) == values), key=lambda p: sort_key(p[0]))
-            points = [(as_number(value), best) for value, best in points]
-            name = " ".join(f"{k}={v}" for k, v in zip(line_keys, values)) or "best val/loss"
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-        xs = [as_number(run.overrides.get(x_key)) for run in shown]
-        if xs and all(isinstance(v, float) and v > 0 for v in xs) and max(xs) / min(xs) >= 10:
-            ax.set_xscale("log")
+    fig = Figure(figsize=(5 * len(specs), 4), layout="tight")
+    axes = fig.subplots(1, len(specs), squeeze=False, sharey=True)[0]
+    for ax, (x_key, line_keys, panel_key, panel) in zip(axes, specs):
+        shown = [run for run in runs if run.best is not None and x_key in run.overrides
+                 and (panel_key is None or run.overrides.get(panel_key) == panel)]
+        draw_lines(ax, shown, x_key, line_keys)
+        set_x_axis(ax, x_key, [run.overrides[x_key] for run in shown])
         ax.set(xlabel=x_key, title=f"{panel_key}={panel}" if panel_key else f"best val/loss by {x_key}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    axes[0][0].set_ylabel("best val/loss")
-    return save(fig, out / "best_val_loss.png")
+    axes[0].set_ylabel("best val/loss")
+    return fig
+
+
+def draw_lines(ax, runs: list[Run], x_key: str, line_keys: list[str]) -> None:
+    """A line of best val loss against ``x_key`` for each combination of the values of ``line_keys``."""
+    def line_of(run: Run) -> tuple:
+        return tuple(run.overrides.get(k) for k in line_keys)
+
+    for values in sorted({line_of(run) for run in runs}, key=lambda values: [sort_key(v) for v in values]):
+        points = sorted(((run.overrides[x_key], run.best) for run in runs if line_of(run) == values),
+                        key=lambda point: sort_key(point[0]))
+        name = describe(dict(zip(line_keys, values)), line_keys) or ("defaults" if line_keys else "best val/loss")
+        ax.plot([as_number(value) for value, _ in points], [best for _, best in points], marker="o", label=name)
 
 
 def save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def compare(paths: list[Path], out: Path | None = None, x: str | None = None, lines: list[str] | None = None,
             panels: str | None = None) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no window
     runs = find_runs(paths)
     out = out or paths[0]
-    written = [plot_curves(runs, out)]
+    written = [save(curves_figure(runs), out / "val_loss_curves.png")]
     if swept(runs) or x:
-        written.append(plot_best(runs, out, x, lines, panels))
+        written.append(save(best_figure(runs, x, lines, panels), out / "best_val_loss.png"))
     return written
 
 
