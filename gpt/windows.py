@@ -2,13 +2,12 @@
 
 import itertools
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from gpt import UserError, check_positive
+from gpt import UserError
 from gpt.corpus import TokenFile, prepare_windows
 from gpt.datamodule import TokenDataModule
 
@@ -16,34 +15,34 @@ STEPS_PER_DRAW = 64  # window starts are drawn for this many optimizer steps at 
 
 
 class RandomWindows(IterableDataset):
-    """An endless stream of batches of random windows of ``block_size + 1`` tokens.
+    """An endless stream of batches of random windows of ``block_size`` tokens and the ``block_size`` after them.
 
     Batch ``b`` is a pure function of (seed, b, rank): the samples of one optimizer step are drawn together and
     split between micro-batches and ranks, so a run sees the same data for the same global batch whatever its
     number of processes, and a resumed run can start at any batch.
     """
 
-    def __init__(self, path: Path, dtype: str, block_size: int, batch_size: int, seed: int,
+    def __init__(self, file: TokenFile, block_size: int, batch_size: int, seed: int,
                  rank: int = 0, world_size: int = 1, accumulate: int = 1, start_batch: int = 0):
         super().__init__()
-        self.file = TokenFile(path, dtype)
+        self.file = file
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         self.rank, self.world_size, self.accumulate = rank, world_size, accumulate
         self.start_batch = start_batch
         self._draw, self._starts = None, None
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         worker = get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
         for b in itertools.count(self.start_batch + worker_id, num_workers):
             yield self.batch(b)
 
-    def batch(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, b: int) -> dict[str, torch.Tensor]:
         step, micro = divmod(b, self.accumulate)
         part = micro * self.world_size + self.rank
         starts = self.step_starts(step)[part * self.batch_size:(part + 1) * self.batch_size]
         windows = self.file.windows(starts, self.block_size + 1)
-        return windows[:, :-1], windows[:, 1:]
+        return {"input_ids": windows[:, :-1], "labels": windows[:, 1:]}
 
     def step_starts(self, step: int) -> np.ndarray:
         """Where the windows of every micro-batch and rank of optimizer step ``step`` start."""
@@ -59,8 +58,8 @@ class RandomWindows(IterableDataset):
 class FixedWindows(Dataset):
     """Evenly spaced windows over a token file, the same every time (so val losses compare across runs)."""
 
-    def __init__(self, path: Path, dtype: str, block_size: int, max_windows: int | None = None):
-        self.file, self.block_size = TokenFile(path, dtype), block_size
+    def __init__(self, file: TokenFile, block_size: int, max_windows: int | None = None):
+        self.file, self.block_size = file, block_size
         n_tokens = len(self.file)
         n_windows = (n_tokens - 1) // block_size
         if max_windows:
@@ -70,9 +69,9 @@ class FixedWindows(Dataset):
     def __len__(self) -> int:
         return len(self.starts)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         window = self.file.windows(self.starts[i:i + 1], self.block_size + 1)[0]
-        return window[:-1], window[1:]
+        return {"input_ids": window[:-1], "labels": window[1:]}
 
 
 class WindowsDataModule(TokenDataModule):
@@ -82,20 +81,16 @@ class WindowsDataModule(TokenDataModule):
     def __init__(self, text_path: str, cache_dir: str, block_size: int, batch_size: int, tokenizer: str = "char",
                  vocab_size: int | None = None, val_fraction: float = 0.1, val_windows: int | None = 2000,
                  num_workers: int = 0, seed: int = 1337):
-        super().__init__(text_path, cache_dir, batch_size, tokenizer, vocab_size, val_fraction, num_workers, seed)
-        check_positive("data.block_size", block_size)
-        self.block_size, self.val_windows = block_size, val_windows
-
-    @property
-    def max_length(self) -> int:
-        return self.block_size
+        super().__init__(text_path, cache_dir, block_size, batch_size, tokenizer, vocab_size, val_fraction,
+                         num_workers, seed)
+        self.val_windows = val_windows
 
     def prepare(self) -> dict:
         return prepare_windows(self.text_path, self.data_dir, self.tokenizer_kind, self.val_fraction, self.vocab_size)
 
     def check(self) -> None:
         for split in ("train", "val"):
-            n = self.meta[f"{split}_tokens"]
+            n = self.prepared.split_tokens(split)
             if n <= self.block_size:
                 raise UserError(f"{self.text_path} is too short: its {split} split has {n} tokens, fewer than "
                                 f"block_size+1={self.block_size + 1}; use more text or a smaller block_size")
@@ -104,12 +99,12 @@ class WindowsDataModule(TokenDataModule):
         trainer = self.trainer
         accumulate = trainer.accumulate_grad_batches if trainer else 1
         dataset = RandomWindows(
-            self.data_dir / "train.bin", self.meta["dtype"], self.block_size, self.batch_size, self.seed,
+            self.prepared.split("train"), self.block_size, self.batch_size, self.seed,
             rank=self.rank, world_size=self.world_size, accumulate=accumulate,
             # a resumed run goes on with the batch after the last optimizer step of its checkpoint
             start_batch=trainer.global_step * accumulate if trainer else 0)
         return self.loader(dataset, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        dataset = FixedWindows(self.data_dir / "val.bin", self.meta["dtype"], self.block_size, self.val_windows)
+        dataset = FixedWindows(self.prepared.split("val"), self.block_size, self.val_windows)
         return self.loader(dataset, batch_size=self.batch_size)

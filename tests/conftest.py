@@ -11,7 +11,7 @@ SHAKESPEARE = REPO / "data" / "tinyshakespeare.txt"
 
 # A model small enough to train for a few dozen steps in seconds on a CPU.
 TINY_GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32"]
-SHORT_RUN = ["data.batch_size=16", "data.val_windows=64", "trainer.max_steps=60", "trainer.val_check_interval=30",
+SHORT_RUN = ["data.batch_size=16", "data.val_windows=64", "trainer.max_steps=60", "trainer.val_every_n_steps=30",
         "scheduler.warmup_steps=5", "trainer.enable_progress_bar=false"]
 
 

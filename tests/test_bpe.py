@@ -5,17 +5,9 @@ from pathlib import Path
 import pytest
 import regex
 
-from gpt import bpe
-from gpt.bpe import (
-    GPT2_PATTERN,
-    count_pretokens,
-    encoding_from_dict,
-    encoding_to_dict,
-    gpt2_encoding,
-    load_bpe,
-    save_bpe,
-    train_bpe,
-)
+from gpt import UserError, bpe
+from gpt.bpe import GPT2_PATTERN, count_pretokens, encoding_from_dict, encoding_to_dict, gpt2_encoding, train_bpe
+from gpt.corpus import PreparedData
 
 SHAKESPEARE = Path(__file__).parents[1] / "data" / "tinyshakespeare.txt"
 TRAIN_CHARS = 200_000
@@ -231,10 +223,8 @@ def test_no_special_tokens():
 # ---------------------------------------------------------------- serialisation
 
 
-def test_save_load_round_trip(trained, held_out, tmp_path):
-    path = tmp_path / "tokenizer.json"
-    save_bpe(trained, path)
-    loaded = load_bpe(path)
+def test_save_load_round_trip(trained, held_out):
+    loaded = encoding_from_dict(json.loads(json.dumps(encoding_to_dict(trained))))
     assert loaded.name == trained.name
     assert loaded.n_vocab == trained.n_vocab
     assert encoding_to_dict(loaded) == encoding_to_dict(trained)
@@ -264,8 +254,8 @@ def test_gpt2_dict_round_trip():
 
 
 def test_load_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_bpe(tmp_path / "nope.json")
+    with pytest.raises(UserError, match="cannot read .*tokenizer.json"):
+        PreparedData(tmp_path).tokenizer
 
 
 def altered(valid: dict, **changes) -> str:
@@ -290,8 +280,9 @@ CORRUPTIONS = {
 
 @pytest.mark.parametrize("case", CORRUPTIONS)
 def test_load_corrupt_file(case, trained, tmp_path):
-    path = tmp_path / "tokenizer.json"
-    path.write_text(CORRUPTIONS[case](encoding_to_dict(trained)), encoding="utf-8")
-    with pytest.raises(ValueError, match="is not a valid BPE tokenizer file") as error:
-        load_bpe(path)
+    """A prepared directory's tokenizer.json, corrupted: one line that says so, never a traceback."""
+    encoding = CORRUPTIONS[case](encoding_to_dict(trained))
+    (tmp_path / "tokenizer.json").write_text(f'{{"kind": "bpe", "encoding": {encoding}}}', encoding="utf-8")
+    with pytest.raises(UserError, match="the saved bpe tokenizer is corrupt|cannot read .*tokenizer.json") as error:
+        PreparedData(tmp_path).tokenizer
     assert "\n" not in str(error.value)

@@ -2,7 +2,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from gpt.training import auto_precision
+from gpt.devices import auto_precision
+from gpt.training import trainer_node
 
 from conftest import REPO, compose_train
 
@@ -13,19 +14,19 @@ EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml
 def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
     cfg = compose_train(f"experiment={experiment}", tmp_path=tmp_path)
     model_config = instantiate(cfg.model, vocab_size=68)
-    data = instantiate(cfg.data)
-    context = data.max_length
+    data = instantiate(cfg.data, block_size=cfg.model.block_size)
+    context = data.block_size
     assert model_config.build().block_size == context
     make_lm = instantiate(cfg.lm, _partial_=True)
     assert make_lm(model_config=model_config, optimizer=instantiate(cfg.optim)).model.block_size == context
-    trainer = instantiate(cfg.trainer, precision=auto_precision(cfg.trainer.precision), logger=False)
+    trainer = instantiate(trainer_node(cfg), precision=auto_precision(cfg.trainer.precision), logger=False)
     assert trainer.max_steps == cfg.trainer.max_steps
 
 
 def test_paragraph_data_composes_for_a_causal_lm(tmp_path):
     cfg = compose_train("data=shakespeare_paragraphs", tmp_path=tmp_path)
-    data = instantiate(cfg.data)
-    assert data.max_length == cfg.model.block_size and data.example == "paragraph" and not data.masks_tokens
+    data = instantiate(cfg.data, block_size=cfg.model.block_size)
+    assert data.block_size == cfg.model.block_size and data.example == "paragraph" and not data.masks_tokens
 
 
 @pytest.mark.parametrize("model", ["gpt", "bigram"])
@@ -86,5 +87,5 @@ def test_ablation_sweep_covers_each_option_alone_and_together(tmp_path):
 def test_debug_presets_compose(debug, setting, tmp_path):
     cfg = compose_train(f"debug={debug}", tmp_path=tmp_path)
     assert cfg.trainer[setting[0]] == setting[1]
-    trainer = instantiate(cfg.trainer, precision=auto_precision(cfg.trainer.precision), logger=False)
+    trainer = instantiate(trainer_node(cfg), precision=auto_precision(cfg.trainer.precision), logger=False)
     assert trainer.fast_dev_run == (debug == "fdr")

@@ -11,7 +11,7 @@ import torch
 from conftest import REPO, SHAKESPEARE, TINY_GPT, train_tiny
 from gpt.result import read_result
 
-DDP_RUN = ["data.batch_size=8", "trainer.max_steps=30", "trainer.val_check_interval=10", "data.val_windows=64",
+DDP_RUN = ["data.batch_size=8", "trainer.max_steps=30", "trainer.val_every_n_steps=10", "data.val_windows=64",
            "trainer.accelerator=cpu", "global_batch_size=16", "trainer.log_every_n_steps=1"]
 
 
@@ -52,7 +52,7 @@ def test_torchrun_on_a_dataset_no_process_has_prepared(tmp_path, data):
                *TINY_GPT, *data, f"data.text_path={text}", "data.tokenizer=bpe", "data.vocab_size=2000",
                "data.batch_size=16", "+trainer.limit_val_batches=4", "trainer.enable_progress_bar=false",
                "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=20",
-               "trainer.val_check_interval=10", f"paths.data_dir={data_dir}", f"hydra.run.dir={run}"]
+               "trainer.val_every_n_steps=10", f"paths.data_dir={data_dir}", f"hydra.run.dir={run}"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_result(run)["steps"] == 20

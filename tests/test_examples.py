@@ -8,8 +8,8 @@ from torch.utils.data import DataLoader
 
 from gpt import UserError
 from gpt.lm import CausalLM, MaskedLM
-from gpt.model import GPTConfig
-from gpt.corpus import prepare_examples
+from gpt.configs import GPTConfig
+from gpt.corpus import PreparedData, prepare_examples
 from gpt.examples import (Examples, ExamplesDataModule, LengthGroupedSampler, MaskingCollate, PadCollate,
                           padding_fraction)
 from gpt.tokenizers import tokenizer_from_dict
@@ -21,7 +21,7 @@ from conftest import SHAKESPEARE
 @pytest.fixture(scope="module")
 def paragraphs(tmp_path_factory):
     """Tiny Shakespeare's paragraphs, prepared once: (data module, tokenizer)."""
-    dm = ExamplesDataModule(str(SHAKESPEARE), str(tmp_path_factory.mktemp("data")), max_length=256, batch_size=64)
+    dm = ExamplesDataModule(str(SHAKESPEARE), str(tmp_path_factory.mktemp("data")), block_size=256, batch_size=64)
     dm.prepare_data()
     dm.setup()
     return dm, dm.tokenizer
@@ -29,7 +29,7 @@ def paragraphs(tmp_path_factory):
 
 def test_shakespeare_paragraphs_are_prepared(paragraphs):
     dm, tok = paragraphs
-    assert (dm.meta["examples"], dm.meta["train_examples"], dm.meta["skipped_empty"]) == (7222, 6499, 0)
+    assert (dm.prepared.meta["examples"], dm.prepared.meta["train_examples"], dm.prepared.meta["skipped_empty"]) == (7222, 6499, 0)
     first = dm.dataset(0, 1)[0][1].tolist()
     assert tok.decode(first) == "First Citizen:\nBefore we proceed any further, hear me speak.<|endoftext|>"
 
@@ -39,7 +39,7 @@ def read_examples(tmp_path, text, example):
     (tmp_path / f"{example}.txt").write_text(text)
     meta = prepare_examples(tmp_path / f"{example}.txt", tmp_path / example, example, val_fraction=0.3)
     tok = tokenizer_from_dict(json.loads((tmp_path / example / "tokenizer.json").read_text()))
-    data = Examples(tmp_path / example, meta["dtype"], 0, meta["examples"], max_length=100)
+    data = Examples(PreparedData(tmp_path / example), 0, meta["examples"], block_size=100)
     return [tok.decode(data[i][1].tolist()).removesuffix("<|endoftext|>") for i in range(len(data))], meta
 
 
@@ -55,11 +55,11 @@ def test_lines_paragraphs_and_documents(tmp_path):
 
 def test_empty_examples_are_counted_in_the_log(tmp_path, caplog):
     (tmp_path / "t.txt").write_text("one\n\ntwo\n\n\nthree\nfour\n")
-    dm = ExamplesDataModule(str(tmp_path / "t.txt"), str(tmp_path), max_length=3, batch_size=2, example="line")
+    dm = ExamplesDataModule(str(tmp_path / "t.txt"), str(tmp_path), block_size=3, batch_size=2, example="line")
     dm.prepare_data()
     with caplog.at_level(logging.INFO, logger="gpt.examples"):
         dm.setup()
-    assert "3 train and 1 val lines (3 empty skipped); 4 cut to max_length=3 tokens" in caplog.text
+    assert "3 train and 1 val lines (3 empty skipped); 4 cut to block_size=3 tokens" in caplog.text
 
 
 @pytest.mark.parametrize("text, example, message", [
@@ -74,19 +74,19 @@ def test_texts_without_enough_examples(tmp_path, text, example, message):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"max_length": 1}, "data.max_length must be at least 2"),
+    ({"block_size": 1}, "model.block_size must be at least 2 tokens"),
     ({"mlm_probability": 0.0}, "data.mlm_probability must be between 0 and 1"),
     ({"mlm_probability": 1.5}, "data.mlm_probability must be between 0 and 1"),
     ({"mlm_probability": 0.15, "mlm_mask_fraction": 0.9, "mlm_random_fraction": 0.2}, "a sum of at most 1"),
 ])
 def test_bad_options(tmp_path, options, message):
     with pytest.raises(UserError, match=message):
-        ExamplesDataModule(str(SHAKESPEARE), str(tmp_path), **{"max_length": 64, "batch_size": 8, **options})
+        ExamplesDataModule(str(SHAKESPEARE), str(tmp_path), **{"block_size": 64, "batch_size": 8, **options})
 
 
 def test_gpt2_has_no_mask_token_for_a_masked_lm(tmp_path):
     (tmp_path / "t.txt").write_text("To be, or not to be.\n\nThat is the question.\n")
-    dm = ExamplesDataModule(str(tmp_path / "t.txt"), str(tmp_path), max_length=8, batch_size=2,
+    dm = ExamplesDataModule(str(tmp_path / "t.txt"), str(tmp_path), block_size=8, batch_size=2,
                           tokenizer="gpt2", mlm_probability=0.15, val_fraction=0.5)
     dm.prepare_data()
     with pytest.raises(UserError, match="the gpt2 tokenizer has no \\[MASK\\] token"):
@@ -101,25 +101,34 @@ def test_masked_lm_needs_bidirectional_attention():
 
 def test_pad_collate_pads_to_the_longest_and_truncates(paragraphs):
     dm, tok = paragraphs
-    data = Examples(dm.data_dir, dm.meta["dtype"], 0, 20, max_length=30)
+    data = Examples(dm.prepared, 0, 20, block_size=30)
     examples = [data[i] for i in range(8)]
-    batch = PadCollate(tok.pad_id)(examples)
+    batch = PadCollate(tok.pad_id, block_size=30, pad_multiple=1)(examples)
     lengths = [len(tokens) for _, tokens in examples]
     assert batch["input_ids"].shape == (8, max(lengths)) and max(lengths) == 30  # long paragraphs are cut
     assert batch["attention_mask"].sum(1).tolist() == lengths
     for row, (_, tokens) in enumerate(examples):
-        n = len(tokens)
-        assert torch.equal(batch["input_ids"][row, :n], tokens) and torch.equal(batch["labels"][row, :n], tokens)
-        assert (batch["input_ids"][row, n:] == tok.pad_id).all() and (batch["labels"][row, n:] == -100).all()
+        n = len(tokens)  # each position's label is the next token; the last token has none
+        assert torch.equal(batch["input_ids"][row, :n], tokens) and torch.equal(batch["labels"][row, :n - 1], tokens[1:])
+        assert (batch["input_ids"][row, n:] == tok.pad_id).all() and (batch["labels"][row, n - 1:] == -100).all()
+
+
+def test_batches_are_padded_to_a_few_lengths(paragraphs):
+    """Multiples of 64, at most the context: a compiled model sees a handful of shapes, not one per batch."""
+    dm, tok = paragraphs
+    data = dm.train_dataset()
+    widths = {PadCollate(tok.pad_id, block_size=256)([data[i] for i in range(start, start + 8)])["input_ids"].shape[1]
+              for start in range(0, 800, 8)}
+    assert widths <= {64, 128, 192, 256} and len(widths) > 1
 
 
 def test_bucketing_cuts_padding_at_batch_64(paragraphs):
     dm, tok = paragraphs
-    train = dm.dataset(0, dm.meta["train_examples"])
+    train = dm.train_dataset()
 
     def pad_frac(bucketing):
         sampler = LengthGroupedSampler(train.lengths, 64, bucketing=bucketing, seed=0)
-        return padding_fraction(DataLoader(train, batch_size=64, sampler=sampler, collate_fn=PadCollate(tok.pad_id)))
+        return padding_fraction(DataLoader(train, batch_size=64, sampler=sampler, collate_fn=PadCollate(tok.pad_id, 256, pad_multiple=1)))
 
     with_buckets, without = pad_frac(True), pad_frac(False)
     assert with_buckets < 0.10 < 0.40 < without
@@ -154,8 +163,8 @@ def test_masking_follows_bert_and_is_fresh_each_batch(paragraphs):
     dm, tok = paragraphs
     data = dm.dataset(0, 512)
     examples = [data[i] for i in range(512)]
-    plain = PadCollate(tok.pad_id)(examples)
-    collate = MaskingCollate(tok.pad_id, tok.mask_id, tok.special_ids, tok.vocab_size)
+    plain = PadCollate(tok.pad_id, 256)(examples)
+    collate = MaskingCollate(tok.pad_id, 256, tok.mask_id, tok.special_ids, tok.vocab_size)
     batch = collate(examples)
     original, real = plain["input_ids"], plain["attention_mask"]
     chosen = batch["labels"] != -100
@@ -175,12 +184,12 @@ def test_masking_follows_bert_and_is_fresh_each_batch(paragraphs):
 def test_seeded_masking_is_the_same_for_an_example_in_any_batch(paragraphs):
     dm, tok = paragraphs
     data = dm.dataset(0, 64)
-    collate = MaskingCollate(tok.pad_id, tok.mask_id, tok.special_ids, tok.vocab_size, seed=3)
+    collate = MaskingCollate(tok.pad_id, 256, tok.mask_id, tok.special_ids, tok.vocab_size, seed=3)
     alone = collate([data[5]])
     together = collate([data[i] for i in (9, 5, 40)])
     n = len(data[5][1])
-    assert torch.equal(together["input_ids"][1, :n], alone["input_ids"][0])
-    assert torch.equal(together["labels"][1, :n], alone["labels"][0])
+    assert torch.equal(together["input_ids"][1, :n], alone["input_ids"][0, :n])
+    assert torch.equal(together["labels"][1, :n], alone["labels"][0, :n])
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -193,7 +202,7 @@ def test_outputs_do_not_depend_on_padding(paragraphs, causal, pos):
                       pos=pos).build().eval()
     data = dm.dataset(0, 40)
     examples = sorted((data[i] for i in range(40)), key=lambda e: len(e[1]))[::8]  # short to long
-    batch = PadCollate(tok.pad_id)(examples)
+    batch = PadCollate(tok.pad_id, 256)(examples)
     with torch.no_grad():
         padded = model(batch["input_ids"], attention_mask=batch["attention_mask"])
         for row, (_, tokens) in enumerate(examples):
@@ -207,12 +216,12 @@ def test_objective_and_batches_must_match(tmp_path):
         return cls(config, optimizer=torch.optim.AdamW)
 
     def data(**options):
-        return ExamplesDataModule(str(SHAKESPEARE), str(tmp_path), **{"max_length": 64, "batch_size": 8, **options})
+        return ExamplesDataModule(str(SHAKESPEARE), str(tmp_path), **{"block_size": 64, "batch_size": 8, **options})
 
     with pytest.raises(UserError, match="makes masked-LM batches, but the LM is causal"):
         check_data_fits(lm(CausalLM), data(mlm_probability=0.15))
     with pytest.raises(UserError, match="lm=masked needs masked batches"):
         check_data_fits(lm(MaskedLM, causal=False), data())
-    with pytest.raises(UserError, match="data.max_length=64 is longer than model.block_size=32"):
-        check_data_fits(lm(CausalLM, block_size=32), data())
+    with pytest.raises(UserError, match="lm=causal needs a model with causal attention"):
+        lm(CausalLM, causal=False)
     check_data_fits(lm(MaskedLM, causal=False), data(mlm_probability=0.15))

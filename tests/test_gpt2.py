@@ -11,8 +11,9 @@ from gpt import UserError
 from gpt.checkpoint import load_initial_weights
 from gpt.corpus import prepare_windows, token_dtype
 from gpt.hf import from_hf, read_hf_state_dict, save_hf
-from gpt.model import GPTConfig, count_parameters, cross_entropy
-from gpt.tokenizers import fit_tokenizer, tokenizer_from_dict
+from gpt.configs import GPTConfig
+from gpt.interface import cross_entropy
+from gpt.tokenizers import CharTokenizer, fit_tokenizer, tokenizer_from_dict
 from gpt.training import build_lm
 
 from conftest import SHAKESPEARE, compose_train, run_script, train_tiny
@@ -28,7 +29,7 @@ def test_gpt2_parameter_counts(name, published, tmp_path):
     config = instantiate(cfg.model, vocab_size=50257)
     assert config.padded_vocab_size == 50304
     with torch.device("meta"):
-        assert count_parameters(config.build()) == published
+        assert config.build().count_parameters() == published
 
 
 def test_tokenizer_kinds_share_one_interface():
@@ -85,10 +86,15 @@ def test_hf_import_matches_hf_logits(tmp_path):
     assert (ours - theirs).abs().max().item() <= 1e-5
 
 
+def char_tokenizer(vocab_size: int = 100) -> CharTokenizer:
+    """A character tokenizer of ``vocab_size`` tokens: printable characters, then its 3 special tokens."""
+    return CharTokenizer("".join(chr(c) for c in range(32, 32 + vocab_size - 3)))
+
+
 def test_export_loads_back_into_hf(tmp_path):
     torch.manual_seed(1)
     model = our_config().build().eval()
-    save_hf(model, tmp_path)
+    save_hf(model, char_tokenizer(), tmp_path)
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     idx = torch.randint(0, 100, (2, 16))
     with torch.no_grad():
@@ -114,7 +120,7 @@ def test_fine_tune_from_hf_weights_on_bpe_data(tmp_path):
     small_hf_model(vocab_size=50257, n_positions=64).save_pretrained(tmp_path / "hf")
     model = ["model=gpt2", "model.n_layer=2", "model.n_head=4", "model.n_embd=64", "model.block_size=32"]
     result = train_tiny(tmp_path / "run", "data=shakespeare_bpe", f"init_from={tmp_path / 'hf'}",
-                        "trainer.max_steps=10", "trainer.val_check_interval=10", model=model)
+                        "trainer.max_steps=10", "trainer.val_every_n_steps=10", model=model)
     assert result.returncode == 0, result.stderr
     assert "initialised the weights from" in (tmp_path / "run" / "train.log").read_text()
     export = run_script("export.py", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
@@ -152,12 +158,12 @@ def test_padded_vocabulary_gets_no_probability_hf_loss_matches(tmp_path):
 def test_model_gpt2_means_gpt2_on_gpt2_tokens(tmp_path, caplog):
     """`python train.py model=gpt2` as users type it: the 124M GPT-2 over GPT-2's BPE, and the log says so."""
     cfg = compose_train("model=gpt2", f"paths.data_dir={tmp_path}", tmp_path=tmp_path)
-    data = instantiate(cfg.data)
+    data = instantiate(cfg.data, block_size=cfg.model.block_size)
     data.prepare_data()
     assert data.tokenizer.kind == "gpt2" and data.tokenizer.vocab_size == 50257
     with caplog.at_level(logging.INFO, logger="gpt.training"):
-        lm = build_lm(cfg, data.tokenizer, {})
-    assert count_parameters(lm.model) == 124_439_808
+        lm = build_lm(cfg, instantiate(cfg.model, vocab_size=data.tokenizer.vocab_size), data.tokenizer, None)
+    assert lm.model.count_parameters() == 124_439_808
     assert "124.44M parameters over the 50257 tokens of the gpt2 tokenizer (embedding padded to 50304 rows)" \
         in caplog.text
     other = compose_train("model=gpt2", "data=text", "data.text_path=my.txt", tmp_path=tmp_path)
@@ -170,6 +176,6 @@ def test_model_gpt2_means_gpt2_on_gpt2_tokens(tmp_path, caplog):
 def test_export_refuses_what_gpt2_cannot_hold(tmp_path, change, message):
     model = our_config(**change).build()
     with pytest.raises(UserError, match="only GPT-2-shaped models export") as error:
-        save_hf(model, tmp_path)
+        save_hf(model, char_tokenizer(), tmp_path)
     assert message in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "model.safetensors").exists()

@@ -10,7 +10,7 @@ import pytest
 from conftest import run_script
 
 TINY_MODEL = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=64"]
-SHORT_PADDED_RUN = ["data.batch_size=16", "trainer.max_steps=40", "trainer.val_check_interval=20",
+SHORT_PADDED_RUN = ["data.batch_size=16", "trainer.max_steps=40", "trainer.val_every_n_steps=20",
                     "+trainer.limit_val_batches=10",
                     "scheduler.warmup_steps=5", "trainer.enable_progress_bar=false"]
 
@@ -74,7 +74,7 @@ def test_sample_needs_a_mask_in_the_prompt(mlm_run):
 
 
 def test_document_level_causal_lm_on_paragraphs(tmp_path):
-    result = train_padded(tmp_path / "run", "data=shakespeare_paragraphs", "trainer.val_check_interval=40")
+    result = train_padded(tmp_path / "run", "data=shakespeare_paragraphs", "trainer.val_every_n_steps=40")
     assert result.returncode == 0, result.stderr
     assert metric(tmp_path / "run", "val/loss")[-1] < 3.8 and metric(tmp_path / "run", "train/pad_frac")
     sample = run_script("sample.py", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}", "prompt=ROMEO:",

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from gpt import UserError
-from gpt.model import BigramConfig, GPTConfig, count_parameters, sample_next
+from gpt.configs import BigramConfig, GPTConfig
+from gpt.generate import sample_next
 
 
 def tiny_gpt(**options) -> GPTConfig:
@@ -27,7 +28,7 @@ def test_weight_tying_and_gpt2_init():
     model = tiny_gpt().build()
     assert model.lm_head.weight is model.wte.weight
     untied = tiny_gpt(tie_weights=False).build()
-    assert count_parameters(untied) == count_parameters(model) + 50 * 32
+    assert untied.count_parameters() == model.count_parameters() + 50 * 32
     std = model.blocks[0].attn.proj.weight.std().item()
     assert std == pytest.approx(0.02 / (2 * 2) ** 0.5, rel=0.2)  # residual projections scaled by 1/sqrt(2 n_layer)
 

@@ -3,7 +3,9 @@ steps, the size of every layer's activations must not depend on the width; in th
 
 import torch
 
-from gpt.model import GPTConfig, apply_lr_scales, cross_entropy, param_groups
+from gpt.configs import GPTConfig
+from gpt.interface import cross_entropy
+from gpt.optim import build_optimizer
 from gpt.tokenizers import CharTokenizer
 
 from conftest import SHAKESPEARE
@@ -16,7 +18,7 @@ def activation_sizes(parametrization: str, width: int, text_ids: torch.Tensor, s
     torch.manual_seed(0)
     model = GPTConfig(vocab_size=68, block_size=32, n_layer=2, n_head=4, n_embd=width, parametrization=parametrization,
                       base_width=64).build()
-    optimizer = apply_lr_scales(torch.optim.AdamW(param_groups(model), lr=1e-2, weight_decay=0.0))
+    optimizer = build_optimizer(model, lambda groups: torch.optim.AdamW(groups, lr=1e-2, weight_decay=0.0))
     sizes = {}
     layers = {"embedding": model.wte, **{f"block {i}": block for i, block in enumerate(model.blocks)}, "logits": model}
     for name, layer in layers.items():
@@ -25,7 +27,7 @@ def activation_sizes(parametrization: str, width: int, text_ids: torch.Tensor, s
     for _ in range(steps + 1):
         starts = torch.randint(0, len(text_ids) - 33, (16,), generator=data)
         windows = torch.stack([text_ids[s:s + 33] for s in starts])
-        loss = cross_entropy(model(windows[:, :-1]), windows[:, 1:])
+        loss = cross_entropy(model(windows[:, :-1]), windows[:, 1:])  # the logits pass through the hook
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

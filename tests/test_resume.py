@@ -11,7 +11,7 @@ import torch
 from conftest import REPO, SHORT_RUN, TINY_GPT, train_tiny
 
 # dropout makes the run depend on the random number generator, which must be restored too
-RESUMABLE = ["model.dropout=0.1", "trainer.max_steps=200", "trainer.val_check_interval=50",
+RESUMABLE = ["model.dropout=0.1", "trainer.max_steps=200", "trainer.val_every_n_steps=50",
              "callbacks.checkpoints.every_n_train_steps=20", "trainer.log_every_n_steps=1"]
 
 

@@ -71,7 +71,7 @@ def test_a_diverged_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path)
     sweep_dir = tmp_path / "sweep"
     # only the learning rate is searched; TPE's seeded first trials pick 3e-3, then 1e30 (which diverges)
     result = sweep_tiny(sweep_dir, "sweep=optuna", "hydra.sweeper.n_trials=2", "optim.lr=choice(3e-3,1e30)",
-                        "model.dropout=0", "trainer.max_steps=20", "trainer.val_check_interval=10")
+                        "model.dropout=0", "trainer.max_steps=20", "trainer.val_every_n_steps=10")
     assert result.returncode == 0, result.stderr
     rows = read_summary(sweep_dir)
     assert [(row["status"], override(row, "optim.lr")) for row in rows] == [("completed", "0.003"), ("failed", "1e+30")]
@@ -94,7 +94,7 @@ def test_ddp_inside_a_multirun_is_refused(tmp_path):
 def test_ddp_spawn_inside_a_multirun_works(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = sweep_tiny(sweep_dir, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn",
-                        "optim.lr=1e-3,3e-3", "trainer.max_steps=20", "trainer.val_check_interval=10")
+                        "optim.lr=1e-3,3e-3", "trainer.max_steps=20", "trainer.val_every_n_steps=10")
     assert result.returncode == 0, result.stderr
     rows = read_summary(sweep_dir)
     assert len(rows) == 2 and all(row["status"] == "completed" and row["val_loss"] and row["steps"] == "20"

@@ -122,11 +122,13 @@ def test_a_short_run_validates_and_checkpoints_at_its_last_step(tmp_path):
     (["train.py", "data=text"], "error: data.text_path is required; give it on the command line: python train.py "
                                 "data.text_path=..."),
     (["sample.py"], "error: ckpt_path is required; give it on the command line: python sample.py ckpt_path=..."),
-    (["prepare.py"], "error: text_path is required; give it on the command line: python prepare.py text_path=..."),
+    (["prepare.py"], "error: data.text_path is required; give it on the command line: python prepare.py "
+                     "data.text_path=..."),
     (["export.py"], "error: ckpt_path, out_dir are required; give them on the command line: python export.py "
                     "ckpt_path=... out_dir=..."),
-    (["prepare.py", "text_path=data/tinyshakespeare.txt", "tokenizer=bpe"],
-     "error: tokenizer=bpe needs vocab_size, e.g. vocab_size=4096"),  # prepare.py's keys, not data.*
+    (["prepare.py", "data.text_path=data/tinyshakespeare.txt", "data.tokenizer=bpe"],
+     "error: data.tokenizer=bpe needs data.vocab_size, e.g. data.vocab_size=4096"),  # the keys of train.py
+    (["prepare.py", "text_path=data/tinyshakespeare.txt"], "error: text_path is now data.text_path"),
 ])
 def test_missing_values_are_one_line_errors(command, message):
     result = run_script(*command)

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from gpt import UserError
-from gpt.corpus import prepare_windows, prepared_dir, read_tokenizer
+from gpt.corpus import PreparedData, TokenFile, prepare_windows, prepared_dir
 from gpt.windows import FixedWindows, RandomWindows, WindowsDataModule
 
 from conftest import SHAKESPEARE
@@ -40,9 +40,9 @@ def counting_file(tmp_path):
 
 
 def test_random_windows_are_shifted_and_inside_the_file(counting_file):
-    windows = RandomWindows(counting_file, "uint16", block_size=8, batch_size=64, seed=0)
+    windows = RandomWindows(TokenFile(counting_file, "uint16"), block_size=8, batch_size=64, seed=0)
     for b in range(20):
-        x, y = windows.batch(b)
+        x, y = windows.batch(b)["input_ids"], windows.batch(b)["labels"]
         assert x.shape == y.shape == (64, 8) and x.dtype == torch.int64
         assert torch.equal(x[:, 1:], y[:, :-1])
         assert torch.equal(y[:, -1] - x[:, 0], torch.full((64,), 8))  # contiguous windows
@@ -51,7 +51,7 @@ def test_random_windows_are_shifted_and_inside_the_file(counting_file):
 
 def test_ranks_split_one_global_batch(counting_file):
     def batch(b, **kw):
-        return RandomWindows(counting_file, "uint16", block_size=8, seed=3, **kw).batch(b)[0]
+        return RandomWindows(TokenFile(counting_file, "uint16"), block_size=8, seed=3, **kw).batch(b)["input_ids"]
 
     whole = batch(0, batch_size=8)
     rank0, rank1 = batch(0, batch_size=4, rank=0, world_size=2), batch(0, batch_size=4, rank=1, world_size=2)
@@ -62,18 +62,18 @@ def test_ranks_split_one_global_batch(counting_file):
 
 
 def test_workers_give_the_same_stream_as_one_process(counting_file):
-    windows = RandomWindows(counting_file, "uint16", block_size=8, batch_size=4, seed=1)
-    expected = [windows.batch(b)[0] for b in range(6)]
+    windows = RandomWindows(TokenFile(counting_file, "uint16"), block_size=8, batch_size=4, seed=1)
+    expected = [windows.batch(b)["input_ids"] for b in range(6)]
     loader = DataLoader(windows, batch_size=None, num_workers=2)
     got = [x for x, _ in zip(loader, range(6))]
-    assert all(torch.equal(g[0], e) for g, e in zip(got, expected))
+    assert all(torch.equal(g["input_ids"], e) for g, e in zip(got, expected))
 
 
 def test_validation_windows_are_fixed(counting_file):
-    a, b = FixedWindows(counting_file, "uint16", 8), FixedWindows(counting_file, "uint16", 8)
+    a, b = FixedWindows(TokenFile(counting_file, "uint16"), 8), FixedWindows(TokenFile(counting_file, "uint16"), 8)
     assert len(a) == 12
-    assert all(torch.equal(a[i][0], b[i][0]) for i in range(len(a)))
-    assert a[len(a) - 1][1][-1] == 99
+    assert all(torch.equal(a[i]["input_ids"], b[i]["input_ids"]) for i in range(len(a)))
+    assert a[len(a) - 1]["labels"][-1] == 99
 
 
 def test_missing_empty_and_non_utf8_files(tmp_path):
@@ -104,12 +104,12 @@ def test_texts_of_the_same_name_get_their_own_directories(tmp_path):
     assert dirs[0] != dirs[1] and dirs[0].name.startswith("texts-") and dirs[0].name.endswith("-char")
     for folder, out in zip((first, second), dirs):
         prepare_windows(folder, out)
-    assert read_tokenizer(dirs[0]).decode(np.fromfile(dirs[0] / "train.bin", dtype=np.uint16)[:5]) == "first"
+    assert PreparedData(dirs[0]).tokenizer.decode(np.fromfile(dirs[0] / "train.bin", dtype=np.uint16)[:5]) == "first"
 
 
 def test_a_bpe_learns_from_the_training_split_only(tmp_path):
     text = tmp_path / "t.txt"
     text.write_text(SHAKESPEARE.read_text()[:18_000] + "zqzq " * 400)  # the last 10%: a word training never sees
     prepare_windows(text, tmp_path / "out", tokenizer="bpe", vocab_size=300)
-    tok = read_tokenizer(tmp_path / "out")
+    tok = PreparedData(tmp_path / "out").tokenizer
     assert len(tok.encode(" the")) == 1 and len(tok.encode(" zqzq")) == 5  # merged / left as its 5 bytes

@@ -1,0 +1,108 @@
+"""Generation: autoregressive sampling for any ``gpt.interface.TokenModel``, and mask filling for a masked LM.
+
+Generation always runs the model eagerly (``torch.compiler.set_stance("force_eager")``), also where the training
+step is compiled: every new token has another sequence length, and compiling for each would cost more than it saves.
+"""
+
+from collections.abc import Collection
+
+import torch
+from torch.nn import functional as F
+
+
+class GenerationMixin:
+    """Autoregressive sampling for a model mapping token ids (B, T) to logits (B, T, V).
+
+    Prompts of different lengths go in one batch, left-padded, with an attention mask; each prompt gets the
+    tokens it would get alone. Each new token is predicted from the last ``block_size`` tokens of its sequence.
+    Models whose ``new_cache`` gives a KV cache keep one while the sequence fits the context, so that each new
+    token costs one step. Past ``block_size`` tokens the window slides, which changes every cached key and value:
+    each new token is then computed afresh from the last ``block_size`` tokens. The cache therefore never changes
+    the tokens, only the speed up to ``block_size``."""
+
+    @torch.no_grad()
+    @torch.compiler.set_stance("force_eager")
+    def generate(self, prompts: list[list[int]] | torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, eot_id: int | None = None,
+                 use_cache: bool = True, suppress_ids: Collection[int] = ()) -> list[list[int]]:
+        """Each prompt followed by its new tokens (up to and including ``eot_id`` when it comes); the tokens
+        of ``suppress_ids`` (such as ``[PAD]``, ``[MASK]``) are never generated. Batching and the KV cache past
+        ``block_size``: see the class docstring."""
+        idx, mask = left_pad(prompts, next(self.parameters()).device)
+        prompt_width, cache = idx.size(1), self.new_cache(idx.size(0)) if use_cache else None
+        padded = not bool(mask.all())  # without padding, attention needs no mask tensor
+        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        for _ in range(max_new_tokens):
+            if cache is not None and idx.size(1) <= self.block_size:
+                new = idx if cache.length == 0 else idx[:, -1:]  # the cache holds every column before the last
+                logits = self(new, attention_mask=mask if padded else None, cache=cache)
+            else:
+                logits = self(idx[:, -self.block_size:], attention_mask=mask[:, -self.block_size:] if padded else None)
+            next_logits = logits[:, -1]
+            if suppress_ids:
+                next_logits = next_logits.index_fill(-1, torch.tensor(list(suppress_ids), device=idx.device),
+                                                     float("-inf"))
+            next_id = sample_next(next_logits, temperature, top_k, top_p)
+            idx, mask = torch.cat([idx, next_id], dim=1), F.pad(mask, (0, 1), value=True)
+            if eot_id is not None:
+                finished |= next_id.squeeze(1) == eot_id
+                if finished.all():
+                    break
+        return [strip_generated(row[m].tolist(), int(m[:prompt_width].sum()), eot_id)
+                for row, m in zip(idx, mask)]
+
+
+def left_pad(prompts: list[list[int]] | torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of shape (B, longest prompt), prompts aligned to the right."""
+    if isinstance(prompts, torch.Tensor):
+        return prompts.to(device), torch.ones_like(prompts, dtype=torch.bool, device=device)
+    if not prompts or min(len(p) for p in prompts) == 0:
+        raise ValueError("every prompt needs at least one token")
+    width = max(len(p) for p in prompts)
+    idx = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        idx[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = True
+    return idx.to(device), mask.to(device)
+
+
+def strip_generated(ids: list[int], prompt_length: int, eot_id: int | None) -> list[int]:
+    if eot_id is not None and eot_id in ids[prompt_length:]:
+        return ids[: ids.index(eot_id, prompt_length) + 1]
+    return ids
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                top_p: float | None = None) -> torch.Tensor:
+    """One token id per row of ``logits`` (B, V); temperature 0 means greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        before = sorted_logits.softmax(dim=-1).cumsum(dim=-1) - sorted_logits.softmax(dim=-1)
+        drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before > top_p)
+        logits = logits.masked_fill(drop, float("-inf"))  # keep the smallest set whose mass reaches top_p
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+
+
+@torch.no_grad()
+@torch.compiler.set_stance("force_eager")
+def fill_masks(model, ids: list[int], mask_id: int, special_ids: Collection[int],
+               top_k: int) -> tuple[list[int], list[list[tuple[int, float]]]]:
+    """Predict every ``mask_id`` of ``ids`` at once with a masked LM: (``ids`` with each mask replaced by its
+    most likely token, and for each mask its ``top_k`` candidates as (token id, probability)). Special
+    tokens are never candidates."""
+    device = next(model.parameters()).device
+    logits = model(torch.tensor([ids], device=device))[0].float()
+    logits[:, list(special_ids)] = float("-inf")
+    positions = [i for i, token in enumerate(ids) if token == mask_id]
+    probs, candidates = logits[positions].softmax(dim=-1).topk(min(top_k, model.vocab_size - len(special_ids)), dim=-1)
+    filled = list(ids)
+    for position, best in zip(positions, candidates[:, 0].tolist()):
+        filled[position] = best
+    return filled, [list(zip(c, p)) for c, p in zip(candidates.tolist(), probs.tolist())]
