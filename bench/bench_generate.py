@@ -4,7 +4,7 @@
     python bench/bench_generate.py --model gpt2 --batch 16   # GPT-2 124M (a GPU)
 
 By default the prompt and the new tokens fill the context: past it, each token is computed afresh with or
-without the cache (see ``gpt.model.Generator``), so only the tokens within the context show the cache's gain.
+without the cache (see ``gpt.generate.GenerationMixin``), so only the tokens within the context show the cache's gain.
 """
 
 import argparse

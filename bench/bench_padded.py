@@ -1,10 +1,12 @@
 """Padding with and without length bucketing, and the accuracy a masked LM must beat.
 
-    python bench/bench_padded.py [--text PATH] [--example paragraph] [--batch-size 64] [--max-length 256]
+    python bench/bench_padded.py [--text PATH] [--example paragraph] [--batch-size 64] [--block-size 256]
 
 Prints the padding fraction (padded tokens / all tokens) of one epoch of training and validation batches,
-bucketed or not, and the validation accuracy of always predicting the most frequent training token at the
-masked positions (masking chooses uniformly among the real, non-special tokens).
+bucketed or not, padded to the longest example or to a multiple of 64 tokens (``data.pad_multiple``, so that a
+compiled model sees a handful of lengths), the distinct lengths of the training batches, and the validation
+accuracy of always predicting the most frequent training token at the masked positions (masking chooses uniformly
+among the real, non-special tokens).
 """
 
 import argparse
@@ -25,7 +27,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--example", default="paragraph", choices=("line", "paragraph", "document"))
     parser.add_argument("--tokenizer", default="char")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--block-size", type=int, default=256)
     return parser.parse_args()
 
 
@@ -39,20 +41,24 @@ def token_counts(dataset, special_ids) -> Counter:
 def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory() as cache_dir:
-        dm = ExamplesDataModule(str(args.text), cache_dir, args.max_length, args.batch_size, args.example,
+        dm = ExamplesDataModule(str(args.text), cache_dir, args.block_size, args.batch_size, args.example,
                                 args.tokenizer)
         dm.prepare_data()
         dm.setup()
-        print(f"{args.text.name}: {dm.meta['train_examples']} train and {dm.meta['examples'] - dm.meta['train_examples']}"
-              f" val {args.example}s, batch {args.batch_size}, max_length {args.max_length}")
-        print("| bucketing | train pad fraction | val pad fraction |\n|---|---|---|")
+        data = dm.prepared
+        print(f"{args.text.name}: {data.n_train_examples} train and {data.n_examples - data.n_train_examples}"
+              f" val {args.example}s, batch {args.batch_size}, block_size {args.block_size}")
+        print("| bucketing | padded to | train pad fraction | val pad fraction | train batch lengths |\n|---|---|---|---|---|")
         for bucketing in (False, True):
-            dm.bucketing = bucketing
-            print(f"| {'on' if bucketing else 'off'} | {padding_fraction(dm.train_dataloader()):.1%} "
-                  f"| {padding_fraction(dm.val_dataloader()):.1%} |")
+            for pad_multiple in (1, 64):
+                dm.bucketing, dm.pad_multiple = bucketing, pad_multiple
+                lengths = {batch["input_ids"].shape[1] for batch in dm.train_dataloader()}
+                print(f"| {'on' if bucketing else 'off'} | {'the longest' if pad_multiple == 1 else 'a multiple of 64'} "
+                      f"| {padding_fraction(dm.train_dataloader()):.1%} | {padding_fraction(dm.val_dataloader()):.1%} "
+                      f"| {len(lengths)} |")
         tok = dm.tokenizer
-        train = token_counts(dm.dataset(0, dm.meta["train_examples"]), tok.special_ids)
-        val = token_counts(dm.dataset(dm.meta["train_examples"], dm.meta["examples"]), tok.special_ids)
+        train = token_counts(dm.train_dataset(), tok.special_ids)
+        val = token_counts(dm.val_dataset(), tok.special_ids)
         top = train.most_common(1)[0][0]
         print(f"always predicting {tok.decode([top])!r}, the most frequent training token: "
               f"{val[top] / sum(val.values()):.3f} accuracy on masked val tokens")

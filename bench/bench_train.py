@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the package is beside it
 
-from gpt.callbacks import flops_per_token, gpu_peak_flops  # noqa: E402
-from gpt.lm import warmup_cosine  # noqa: E402
-from gpt.model import apply_lr_scales, cross_entropy, param_groups  # noqa: E402
-from gpt.training import auto_precision, train  # noqa: E402
+from gpt.callbacks import gpu_peak_flops  # noqa: E402
+from gpt.devices import auto_precision  # noqa: E402
+from gpt.optim import build_optimizer, warmup_cosine  # noqa: E402
+from gpt.training import train  # noqa: E402
 from gpt.windows import RandomWindows  # noqa: E402
 
 PRESETS = {  # overrides of the default config, timed steps, warm-up steps
@@ -69,7 +69,7 @@ def config(overrides: list[str], steps: int, warmup: int, out: Path):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose("train", overrides=[
             f"paths.root_dir={REPO}", f"paths.output_dir={out}", f"paths.data_dir={out.parent / 'data'}", *overrides,
-            f"trainer.max_steps={warmup + steps}", f"trainer.val_check_interval={warmup + steps}",
+            f"trainer.max_steps={warmup + steps}", f"trainer.val_every_n_steps={warmup + steps}",
             "data.val_windows=16", "trainer.enable_progress_bar=true",
             "+callbacks.bench_timer._target_=bench_train.StepTimer", f"+callbacks.bench_timer.warmup={warmup}",
             f"+callbacks.bench_timer.path={out / 'timing.json'}"])
@@ -83,27 +83,27 @@ def time_train(cfg, out: Path) -> float:
 
 def time_plain_loop(cfg, steps: int, warmup: int) -> float:
     """Seconds of the same steps through a hand-written loop: the same model, batches, AdamW groups, warmup-cosine
-    schedule, gradient clipping, precision and compilation; the loss read on the host every 10 steps."""
+    schedule, gradient clipping, precision and compilation (the loss inside the compiled model, as in train.py);
+    the loss read on the host every 10 steps."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = instantiate(cfg.data)
+    data = instantiate(cfg.data, block_size=cfg.model.block_size)
     data.prepare_data()
     model = instantiate(cfg.model, vocab_size=data.tokenizer.vocab_size).build().to(device)
     if device.type == "cuda":
         model.compile()
-    optimizer = apply_lr_scales(torch.optim.AdamW(param_groups(model), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                                  weight_decay=cfg.optim.weight_decay, fused=True))
+    optimizer = build_optimizer(model, lambda groups, **fused: torch.optim.AdamW(
+        groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay, **fused), fused=True)
     schedule = warmup_cosine(optimizer, cfg.scheduler.warmup_steps, cfg.trainer.max_steps, cfg.scheduler.min_lr)
-    windows = RandomWindows(data.data_dir / "train.bin", data.meta["dtype"], cfg.model.block_size,
-                            cfg.data.batch_size, cfg.seed)
+    windows = RandomWindows(data.prepared.split("train"), cfg.model.block_size, cfg.data.batch_size, cfg.seed)
     batches = iter(DataLoader(windows, batch_size=None, pin_memory=device.type == "cuda"))
     bf16 = auto_precision(cfg.trainer.precision) == "bf16-mixed"
     for step in range(warmup + steps):
         if step == warmup:
             synchronize()
             start = time.perf_counter()
-        inputs, targets = (t.to(device, non_blocking=True) for t in next(batches))
+        batch = {name: t.to(device, non_blocking=True) for name, t in next(batches).items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = cross_entropy(model(inputs), targets)
+            loss = model(batch["input_ids"], labels=batch["labels"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.gradient_clip_val)
         optimizer.step()
@@ -115,8 +115,14 @@ def time_plain_loop(cfg, steps: int, warmup: int) -> float:
     return time.perf_counter() - start
 
 
-def benchmark(preset: str, repeats: int) -> None:
+def benchmark(preset: str, repeats: int) -> dict:
     overrides, steps, warmup = PRESETS[preset]
+    return compare_loops(preset, overrides, steps, warmup, repeats)
+
+
+def compare_loops(name: str, overrides: list[str], steps: int, warmup: int, repeats: int) -> dict:
+    """Time both loops, alternated ``repeats`` times; print the table; return the medians (ms/step), tokens/s and MFU
+    of train.py's path and its ratio to the plain loop."""
     seconds = {"plain PyTorch loop": [], "train.py (gpt.training.train)": []}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(repeats):  # alternated, so that a slow spell of the machine hits both
@@ -124,23 +130,26 @@ def benchmark(preset: str, repeats: int) -> None:
             cfg = config(overrides, steps, warmup, out)
             seconds["plain PyTorch loop"].append(time_plain_loop(cfg, steps, warmup))
             seconds["train.py (gpt.training.train)"].append(time_train(cfg, out))
-    model = instantiate(cfg.model, vocab_size=68 if preset != "gpt2" else 50257).build()
+    model = instantiate(cfg.model, vocab_size=50257 if cfg.data.tokenizer == "gpt2" else 68).build()
     tokens_per_step = cfg.data.batch_size * cfg.model.block_size
     on_gpu = torch.cuda.is_available()
     peak = gpu_peak_flops(torch.cuda.get_device_name()) if on_gpu else None
-    print(f"\n{preset}: {model.config.n_layer} layer(s), {model.config.n_embd} wide, batch {cfg.data.batch_size} x "
+    print(f"\n{name}: {model.config.n_layer} layer(s), {model.config.n_embd} wide, batch {cfg.data.batch_size} x "
           f"{cfg.model.block_size}, {auto_precision(cfg.trainer.precision)}, compiled {on_gpu}, "
           f"{torch.cuda.get_device_name() if on_gpu else f'CPU ({torch.get_num_threads()} threads)'}; "
           f"{steps} steps timed after {warmup}, median of {repeats}\n")
     print("| loop | ms/step | tokens/s | MFU |\n|---|---|---|---|")
-    medians = {}
-    for name, values in seconds.items():
-        medians[name] = statistics.median(values) / steps
-        tokens_per_sec = tokens_per_step / medians[name]
-        mfu = f"{100 * flops_per_token(model) * tokens_per_sec / peak:.1f}%" if peak else "n/a"
-        print(f"| {name} | {1000 * medians[name]:.2f} | {tokens_per_sec:,.0f} | {mfu} |")
+    medians, mfu = {}, None
+    for loop, values in seconds.items():
+        medians[loop] = statistics.median(values) / steps
+        tokens_per_sec = tokens_per_step / medians[loop]
+        mfu = model.flops_per_token() * tokens_per_sec / peak if peak else None
+        print(f"| {loop} | {1000 * medians[loop]:.2f} | {tokens_per_sec:,.0f} | "
+              f"{f'{100 * mfu:.1f}%' if mfu else 'n/a'} |")
     plain, ours = medians.values()
     print(f"\ntrain.py / plain loop, time per step: {ours / plain:.3f}")
+    return {"plain_ms": 1000 * plain, "train_ms": 1000 * ours, "tokens_per_sec": tokens_per_step / ours,
+            "mfu": mfu, "speed_ratio": plain / ours}
 
 
 # --------------------------------------------------------------------------- whole processes

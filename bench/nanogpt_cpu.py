@@ -21,8 +21,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the package is beside it
 
+from gpt.configs import GPTConfig  # noqa: E402
 from gpt.corpus import prepare_windows  # noqa: E402
-from gpt.model import GPTConfig, cross_entropy, param_groups  # noqa: E402
 
 BLOCK, BATCH, STEPS, WARMUP, LR, MIN_LR = 64, 12, 2000, 100, 1e-3, 1e-4
 
@@ -47,7 +47,7 @@ def main() -> None:
         return x, y
 
     model = GPTConfig(vocab_size=meta["vocab_size"], block_size=BLOCK, n_layer=4, n_head=4, n_embd=128).build()
-    optimizer = torch.optim.AdamW(param_groups(model), lr=LR, betas=(0.9, 0.99), weight_decay=0.1)
+    optimizer = torch.optim.AdamW(model.param_groups(), lr=LR, betas=(0.9, 0.99), weight_decay=0.1)
     best = math.inf
     for step in range(STEPS + 1):
         for group in optimizer.param_groups:
@@ -55,7 +55,7 @@ def main() -> None:
         if step % 250 == 0:
             model.eval()
             with torch.no_grad():
-                losses = {split: torch.stack([cross_entropy(model(x), y)
+                losses = {split: torch.stack([model(x, labels=y)
                                               for x, y in (get_batch(split) for _ in range(20))]).mean().item()
                           for split in ("train", "val")}
             model.train()
@@ -66,7 +66,7 @@ def main() -> None:
         if step == STEPS:
             break
         x, y = get_batch("train")
-        loss = cross_entropy(model(x), y)
+        loss = model(x, labels=y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

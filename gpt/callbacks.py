@@ -435,6 +435,6 @@ class RunResult(L.Callback):
                   "best_checkpoint": checkpoints.best_model_path, **extra}
         write_result(self.output_dir, result)
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):  # the runs table of the project page sorts by these
-                logger.experiment.summary.update({key: value for key, value in result.items()
-                                                  if key not in ("val_loss", "best_checkpoint")})
+            if isinstance(logger, WandbLogger):  # the runs table of the project page, and the run's end, show these
+                logger.experiment.summary.update({"best_val_loss": result["val_loss"], **{
+                    key: value for key, value in result.items() if key not in ("val_loss", "best_checkpoint")}})

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gpt import RunStopped, TrainingDiverged, UserError
 from gpt.checks import RENAMED, Rule, check_init_from, check_model, check_values
+from gpt.compat import hydra_error_key
 from gpt.context import in_multirun, is_rank_zero
 from gpt.rundir import check_run_dir
 
@@ -140,11 +141,10 @@ def hydra_error(error: HydraException, config_name: str, overrides: list[str]) -
             return f"{choice} needs an extra package: pip install -e '.[{extra}]'"
         options = ", ".join(error.options or [])
         return f"{group}={option} is not an option; choose one of {options}"
-    if message.startswith("Could not override '"):
-        key = message.split("'")[1]
-        return unknown_key(key, config_name, overrides)
-    if message.startswith("Could not append to config. An item is already at '"):
-        key = message.split("'")[1]
+    if named := hydra_error_key(message):
+        what, key = named
+        if what == "unknown":
+            return unknown_key(key, config_name, overrides)
         return f"{key} is already in the config: give it without +, as {key}=..."
     if isinstance(error, ConfigCompositionException) and error.__cause__ is not None:
         message = str(error.__cause__).strip()
@@ -172,13 +172,12 @@ def config_keys(config_name: str, overrides: list[str]) -> list[str]:
         return []
     keys = []
 
-    def walk(node, prefix: str) -> None:
+    def walk(node: DictConfig, prefix: str) -> None:
         for name in node:
             key = f"{prefix}{name}"
             keys.append(key)
-            child = node._get_node(name)
-            if isinstance(child, DictConfig):
-                walk(child, f"{key}.")
+            if not OmegaConf.is_interpolation(node, name) and isinstance(node[name], DictConfig):
+                walk(node[name], f"{key}.")
 
     walk(cfg, "")
     return keys

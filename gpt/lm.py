@@ -15,7 +15,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from gpt import IGNORE_INDEX, TrainingDiverged, UserError
 from gpt.checkpoint import CheckpointRecord
-from gpt.compat import skip_update_if
+from gpt.compat import is_plain_attribute, skip_update_if
 from gpt.configs import ModelConfig
 from gpt.devices import can_compile
 from gpt.interface import cross_entropy
@@ -54,7 +54,7 @@ class LanguageModel(L.LightningModule):
         # Lightning sets a few plain attributes, such as the name of the hook it calls, several times a step, and
         # nn.Module.__setattr__ checks each value for parameters, buffers and modules. A plain value for a plain
         # attribute (one in __dict__, which parameters, buffers and modules never are) goes straight in instead.
-        if name in self.__dict__ and isinstance(value, (str, int, float, type(None))):
+        if isinstance(value, (str, int, float, type(None))) and is_plain_attribute(self, name):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from gpt import UserError
+from gpt.compat import drop_wandb_anonymous_setting
 from gpt.context import sweep_dir
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ def start_wandb(node: DictConfig, run_id: str | None) -> WandbLogger:
 
 
 def start_run(logger: WandbLogger) -> None:
+    drop_wandb_anonymous_setting(logger)
     run = logger.experiment  # starts the run (on rank 0)
     if rank_zero_only.rank == 0:
         for metric, summary in (("val/loss", "min"), ("val/mlm_acc", "max")):  # the runs table shows the best

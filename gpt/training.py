@@ -17,7 +17,7 @@ from gpt import UserError, format_count
 from gpt.callbacks import FinalValidation, RunResult, StepProgress, StopOnSignal
 from gpt.checkpoint import (CheckpointRecord, check_same_model, check_tokenizer, load_initial_weights,
                             resume_checkpoint)
-from gpt.compat import relaunches_script
+from gpt.compat import LIGHTNING_FEW_WORKERS_WARNING, relaunches_script
 from gpt.configs import ModelConfig
 from gpt.context import in_multirun, is_rank_zero
 from gpt.datamodule import TokenDataModule
@@ -40,7 +40,7 @@ def quiet_libraries() -> None:
     # Lightning's own pytree helper still uses the LeafSpec that torch deprecated; nothing a user can change
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # the loaders need no workers (gpt.datamodule.TokenDataModule says why); Lightning suggests them on many cores
-    warnings.filterwarnings("ignore", message=r".*does not have many workers which may be a bottleneck")
+    warnings.filterwarnings("ignore", message=LIGHTNING_FEW_WORKERS_WARNING)
     if rank_zero_only.rank != 0:
         logging.getLogger().setLevel(logging.WARNING)
 

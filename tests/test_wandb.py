@@ -12,8 +12,10 @@ from wandb_offline import offline_runs
 
 def test_run_without_api_key_logs_offline_into_the_run_directory(tmp_path, wandb_env):
     run_dir = tmp_path / "run"
-    result = train_tiny(run_dir, "logger=wandb", "optim.lr=3e-3", "logger.wandb.tags=[tiny,test]", env=wandb_env)
+    loud = {key: value for key, value in wandb_env.items() if key != "WANDB_SILENT"}  # W&B's own output shown
+    result = train_tiny(run_dir, "logger=wandb", "optim.lr=3e-3", "logger.wandb.tags=[tiny,test]", env=loud)
     assert result.returncode == 0, result.stderr
+    result_output = result.stdout + result.stderr
 
     (run,) = offline_runs(run_dir)
     assert f"wandb sync {run.path.parent}" in result.stdout.splitlines()[-1]
@@ -39,6 +41,8 @@ def test_run_without_api_key_logs_offline_into_the_run_directory(tmp_path, wandb
     result = json.loads((run_dir / "result.json").read_text())
     assert {key: run.summary[key] for key in ("parameters", "best_step", "wall_s")} == \
         {key: result[key] for key in ("parameters", "best_step", "wall_s")}
+    assert run.summary["best_val_loss"] == result["val_loss"]  # in the summary W&B prints when the run ends too
+    assert "anonymous" not in result_output and "WARNING" not in result_output
 
 
 def test_no_key_means_offline(monkeypatch, tmp_path):
