@@ -36,8 +36,8 @@ NANOGPT_BABY_GPT_SECONDS, BABY_GPT_VAL_LOSS = 88, 1.47
 CPU_MLM_CHAR_SECONDS = 406  # python train.py experiment=mlm_char on the 2-core CPU (README: masked LM)
 # CPU sizes of --quick: each row's code runs, in seconds, at shapes that say nothing about speed
 QUICK_GPT2 = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64}
-QUICK_TRAIN = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "trainer.max_steps=20",
-               "data.batch_size=8", "+trainer.limit_val_batches=4"]
+QUICK_TRAIN = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "trainer.max_steps=4",
+               "data.batch_size=4", "+trainer.limit_val_batches=1"]
 
 
 class GraphRecorder:
@@ -105,7 +105,7 @@ def graphs_compiled(quick: bool) -> tuple[int, int]:
                            causal=False).build()
         recorder = GraphRecorder()
         masked.compile(backend=recorder)
-        for _, batch in zip(range(20 if quick else 100), data.train_dataloader()):
+        for _, batch in zip(range(10 if quick else 100), data.train_dataloader()):
             masked(batch["input_ids"], labels=batch["labels"], attention_mask=batch["attention_mask"]).backward()
     return generation, recorder.graphs
 
@@ -144,7 +144,7 @@ def main() -> None:
     row("the same: peak memory (GiB)", f"{peak:.1f}", f"<= {0.75 * NANOGPT_PEAK_GIB:.2f} (0.75 x nanoGPT)",
         peak <= 0.75 * NANOGPT_PEAK_GIB)
 
-    preset = (["model=gpt2", *[f"model.{k}={v}" for k, v in QUICK_GPT2.items()], "data.batch_size=2"], 5, 2) if quick \
+    preset = (["model=gpt2", *[f"model.{k}={v}" for k, v in QUICK_GPT2.items()], "data.batch_size=2"], 2, 1) if quick \
         else (["model=gpt2", "data.batch_size=16"], 50, 15)
     loops = compare_loops("gpt2", *preset, repeats=1)
     row("bench_train.py --preset gpt2: train.py's path, tokens/s", f"{loops['tokens_per_sec']:,.0f}",

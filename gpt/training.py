@@ -84,9 +84,10 @@ def gradient_accumulation(cfg: DictConfig, world_size: int) -> int:
 
 
 def validation_interval(cfg: DictConfig) -> int:
-    """``trainer.val_every_n_steps``; ``auto``: an eighth of the run, so that even a short run draws a curve."""
+    """``trainer.val_every_n_steps``; ``auto``: an eighth of the run (rounded up), so that even a short run draws
+    a curve of eight points."""
     every = cfg.trainer.val_every_n_steps
-    return max(1, cfg.trainer.max_steps // 8) if every == "auto" else every
+    return -(-cfg.trainer.max_steps // 8) if every == "auto" else every
 
 
 def check_data_fits(lm: LanguageModel, datamodule: TokenDataModule) -> None:

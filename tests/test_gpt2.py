@@ -120,7 +120,8 @@ def test_fine_tune_from_hf_weights_on_bpe_data(tmp_path):
     small_hf_model(vocab_size=50257, n_positions=64).save_pretrained(tmp_path / "hf")
     model = ["model=gpt2", "model.n_layer=2", "model.n_head=4", "model.n_embd=64", "model.block_size=32"]
     result = train_tiny(tmp_path / "run", "data=shakespeare_bpe", f"init_from={tmp_path / 'hf'}",
-                        "trainer.max_steps=10", "trainer.val_every_n_steps=10", model=model)
+                        "trainer.max_steps=10", "trainer.val_every_n_steps=10", "data.batch_size=4",
+                        "data.val_windows=8", model=model)
     assert result.returncode == 0, result.stderr
     assert "initialised the weights from" in (tmp_path / "run" / "train.log").read_text()
     export = run_script("export.py", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",

@@ -1,6 +1,7 @@
 """Resume, checkpoint safety and the guards, with real runs of train.py."""
 
 import csv
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import time
 
 import torch
 
-from conftest import REPO, SHORT_RUN, TINY_GPT, train_tiny
+from conftest import REPO, SHORT_RUN, TINY_GPT, run_script, train_tiny
 
 # dropout makes the run depend on the random number generator, which must be restored too
 RESUMABLE = ["model.dropout=0.1", "trainer.max_steps=200", "trainer.val_every_n_steps=50",
@@ -61,9 +62,9 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_truncated_last_checkpoint_falls_back_to_a_good_one(tmp_path):
+def test_truncated_last_checkpoint_falls_back_to_a_good_one(tiny_run, tmp_path):
     run = tmp_path / "run"
-    assert train_tiny(run).returncode == 0
+    shutil.copytree(tiny_run, run, symlinks=True)  # a finished run of its own
     last = run / "checkpoints" / "last.ckpt"
     assert last.is_symlink()  # the last step is also the best: stored once, last.ckpt links to best.ckpt
     truncated = last.read_bytes()[:1000]
@@ -91,3 +92,16 @@ def test_compiled_weights_load_into_an_uncompiled_model(tiny_run, tmp_path):
     assert all("_orig_mod." in k for k in compiled_state)
     plain = model_state(compiled_state)
     assert plain.keys() == model.state_dict().keys()
+
+
+OLD_CHECKPOINT = REPO / "tests" / "data" / "e454eb4-char-1layer.ckpt"  # written by main at e454eb4 (1 layer, 16 wide)
+
+
+def test_a_checkpoint_of_the_previous_format_samples_and_resumes(tmp_path):
+    """Its record was the run's Hydra config (the model as a node naming gpt.model.GPTConfig) and no checksum."""
+    sample = run_script("sample.py", f"ckpt_path={OLD_CHECKPOINT}", "prompt=ROMEO:", "max_new_tokens=10")
+    assert sample.returncode == 0 and sample.stdout.split("\n", 1)[1].startswith("ROMEO:"), sample.stderr
+    old = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16"]
+    resumed = train_tiny(tmp_path / "run", f"ckpt_path={OLD_CHECKPOINT}", "trainer.max_steps=40", model=old)
+    assert resumed.returncode == 0, resumed.stderr
+    assert checkpoint_step(tmp_path / "run" / "checkpoints" / "last.ckpt") == 40

@@ -268,24 +268,21 @@ def corrupt_tensor_bytes(path: Path) -> None:
 
 def test_corrupt_or_missing_checkpoints_are_refused_by_name_and_resume_falls_back(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path)
-    last, best = run / "checkpoints" / "last.ckpt", run / "checkpoints" / "best.ckpt"
-    last.unlink()
-    shutil.copy(best, last)
-    corrupt_tensor_bytes(last)
-    line = one_error_line(run_script("sample.py", f"ckpt_path={last}", "max_new_tokens=5"))
+    checkpoints = run / "checkpoints"
+    corrupt = checkpoints / "newer.ckpt"
+    shutil.copy(checkpoints / "best.ckpt", corrupt)
+    corrupt_tensor_bytes(corrupt)
+    line = one_error_line(run_script("sample.py", f"ckpt_path={corrupt}", "max_new_tokens=5"))
     assert "is corrupt: its tensors do not match the checksum saved with them" in line
+    # last.ckpt a link whose target is gone, and the newest other checkpoint corrupt: the one before them is used
+    (checkpoints / "best.ckpt").rename(checkpoints / "older.ckpt")
+    os.utime(checkpoints / "older.ckpt", (0, 0))
     resumed = train_tiny(run, "ckpt_path=last", "trainer.max_steps=70")
     assert resumed.returncode == 0, resumed.stderr
     log = (run / "train.log").read_text()
-    assert "skipping last.ckpt" in log and "is corrupt" in log and "resuming from" in log
-    # last.ckpt a link whose target is gone: the newest readable checkpoint is used, with a warning
-    (run / "checkpoints" / "other.ckpt").write_bytes(best.read_bytes())
-    last.unlink()
-    last.symlink_to("best.ckpt")
-    best.unlink()
-    resumed = train_tiny(run, "ckpt_path=last", "trainer.max_steps=80")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from" in (run / "train.log").read_text().split("skipping last.ckpt")[-1]
+    assert "skipping last.ckpt: checkpoint not found" in log and "skipping newer.ckpt" in log and "is corrupt" in log
+    assert "resuming from " + str(checkpoints / "older.ckpt") in log
+    assert step_of(checkpoints / "last.ckpt") == 70
 
 
 def test_prepared_data_follows_the_content_of_the_text(tmp_path):
