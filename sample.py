@@ -1,6 +1,8 @@
 """Generate text from a checkpoint: ``python sample.py ckpt_path=<run dir>/checkpoints/best.ckpt prompt=ROMEO:``.
 
-A masked-LM checkpoint fills the ``[MASK]`` tokens of the prompt instead: ``'prompt="To be, or not to [MASK]e"'``.
+Generation stops at the tokenizer's end token (a model trained on prompt -> answer examples ends its answer with
+it; ``answer_only=true`` prints the answer alone). ``quantize=int8`` runs the model with int8 weights. A
+masked-LM checkpoint fills the ``[MASK]`` tokens of the prompt instead: ``'prompt="To be, or not to [MASK]e"'``.
 """
 
 import re
@@ -27,13 +29,23 @@ def sample(cfg: DictConfig) -> list[str]:
     torch.manual_seed(cfg.seed)
     model, tokenizer, _ = model_from_checkpoint(cfg.ckpt_path)
     model.to(device)
+    if cfg.quantize:
+        from gpt.quantize import quantize_int8
+
+        quantize_int8(model)
     if not getattr(model.config, "causal", True):  # a masked LM: fill in the blanks
         return [describe_filled(model, tokenizer, prompt, cfg.candidates) for prompt in prompts]
     ids = [tokenizer.encode(p) for p in prompts for _ in range(cfg.num_samples)]
     out = model.generate(ids, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                          eot_id=tokenizer.eot_id, use_cache=cfg.use_cache,
                          suppress_ids=tokenizer.special_ids - {tokenizer.eot_id})  # [PAD], [MASK] are not text
-    return [tokenizer.decode(row) for row in out]
+    return [tokenizer.decode(row[len(prompt) if cfg.answer_only else 0:ended(row, tokenizer.eot_id)])
+            for prompt, row in zip(ids, out)]
+
+
+def ended(row: list[int], eot_id: int | None) -> int:
+    """Where the text of a generated row ends: before its end token, if it came."""
+    return len(row) - 1 if row and row[-1] == eot_id else len(row)
 
 
 def check_device(cfg: DictConfig) -> None:

@@ -190,7 +190,8 @@ def validates_now(trainer) -> bool:
 
 
 class Checkpoints(Checkpoint):
-    """``best.ckpt`` whenever ``val/loss`` improves, and ``last.ckpt`` to resume from: at every validation and
+    """``best.ckpt`` whenever ``monitor`` improves (``val/loss``, lower is better; ``mode=max`` for an accuracy such
+    as ``val/exact_match``), and ``last.ckpt`` to resume from: at every validation and
     every ``every_n_train_steps`` optimizer steps. When the last is also the best, ``last.ckpt`` is a link to
     ``best.ckpt``, so that one step is stored once. A fast dev run (``debug=fdr``) writes none.
 
@@ -201,9 +202,12 @@ class Checkpoints(Checkpoint):
     it leaves ``last.ckpt`` linked to the older best checkpoint instead of saving the current step (tried: with the
     best at step 4 and worse validations at 6 and 8, last.ckpt still held step 4), so a resume would go back."""
 
-    def __init__(self, dirpath: str, monitor: str = "val/loss", every_n_train_steps: int | None = 500):
-        self.dirpath, self.monitor, self.every_n_train_steps = Path(dirpath), monitor, every_n_train_steps
-        self.best_score, self.best_step, self.saved_step = math.inf, None, None
+    def __init__(self, dirpath: str, monitor: str = "val/loss", mode: str = "min",
+                 every_n_train_steps: int | None = 500):
+        if mode not in ("min", "max"):
+            raise UserError(f"callbacks.checkpoints.mode={mode!r}: min (a loss) or max (an accuracy)")
+        self.dirpath, self.monitor, self.mode, self.every_n_train_steps = Path(dirpath), monitor, mode, every_n_train_steps
+        self.best_score, self.best_step, self.saved_step = math.inf if mode == "min" else -math.inf, None, None
         self.best_model_path, self.last_model_path = "", ""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -216,7 +220,8 @@ class Checkpoints(Checkpoint):
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         score = trainer.callback_metrics.get(self.monitor)
-        improved = score is not None and float(score) < self.best_score
+        improved = score is not None and (float(score) < self.best_score if self.mode == "min"
+                                          else float(score) > self.best_score)
         if improved:
             self.best_score, self.best_step = float(score), trainer.global_step
             self.best_model_path = str(self.dirpath / "best.ckpt")
@@ -302,13 +307,15 @@ class StopOnSignal(L.Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
-            self.stop_if_requested(trainer)
+            self.stop_if_requested(trainer, validated=pl_module)
 
-    def stop_if_requested(self, trainer) -> None:
+    def stop_if_requested(self, trainer, validated: L.LightningModule | None = None) -> None:
         if not self.requested(trainer):
             return
         checkpoints = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, Checkpoints)), None)
         saved = checkpoints is not None and not trainer.fast_dev_run
+        if saved and validated:  # Lightning runs checkpoint callbacks after all others: save this validation's now
+            checkpoints.on_validation_end(trainer, validated)
         if saved and checkpoints.saved_step != trainer.global_step:
             checkpoints.save_last(trainer)
         raise RunStopped(self.received.name if self.received else "another process", saved=saved,
@@ -405,21 +412,33 @@ class StepProgress(ProgressBar):
 
 
 class RunResult(L.Callback):
-    """When fitting ends, writes the run's result to ``<output_dir>/result.json``: the best ``val_loss``, its
-    ``best_step`` and ``best_checkpoint``, the ``steps`` trained, the ``parameters`` and the ``wall_s`` seconds;
-    W&B gets them in its summary. A run stopped by a signal writes what it has, with ``stopped`` naming the signal.
-    An older result is removed when fitting starts.
+    """When fitting ends, writes the run's result to ``<output_dir>/result.json``: the best value of each validation
+    metric (``val_loss``; ``exact_match`` and ``digit_acc`` for checkable answers, ``mlm_acc`` for a masked LM), the
+    ``monitor`` of the checkpoints with its ``best`` value, ``best_step`` and ``best_checkpoint``, the ``steps``
+    trained, the ``parameters`` and the ``wall_s`` seconds; W&B gets them in its summary. A run stopped by a signal
+    writes what it has, with ``stopped`` naming the signal. An older result is removed when fitting starts.
 
     Rank 0 of the processes that trained writes it, so the result reaches the caller even from the workers of
     ``ddp_spawn``."""
 
+    # each metric's name in result.json, and which of two values is the better
+    METRICS = {"val/loss": ("val_loss", min), "val/exact_match": ("exact_match", max),
+               "val/digit_acc": ("digit_acc", max), "val/mlm_acc": ("mlm_acc", max)}
+
     def __init__(self, output_dir: str | Path):
-        self.output_dir, self.started = output_dir, time.perf_counter()
+        self.output_dir, self.started, self.best = output_dir, time.perf_counter(), {}
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.started = time.perf_counter()
         if trainer.is_global_zero and not trainer.fast_dev_run:
             remove_result(self.output_dir)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        for metric, (key, better) in self.METRICS.items():
+            if (value := trainer.callback_metrics.get(metric)) is not None:
+                self.best[key] = better(self.best.get(key, float(value)), float(value))
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self.write(trainer, pl_module)
@@ -432,12 +451,19 @@ class RunResult(L.Callback):
         checkpoints = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, Checkpoints)), None)
         if not trainer.is_global_zero or checkpoints is None or checkpoints.best_step is None:
             return
-        result = {"val_loss": checkpoints.best_score, "best_step": checkpoints.best_step,
-                  "steps": trainer.global_step, "parameters": pl_module.model.count_parameters(),
-                  "wall_s": round(time.perf_counter() - self.started, 1),
+        result = {**self.best, "monitor": checkpoints.monitor, "best": checkpoints.best_score,
+                  "best_step": checkpoints.best_step, "steps": trainer.global_step,
+                  "parameters": pl_module.model.count_parameters(), "wall_s": round(time.perf_counter() - self.started, 1),
                   "best_checkpoint": checkpoints.best_model_path, **extra}
         write_result(self.output_dir, result)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):  # the runs table of the project page, and the run's end, show these
-                logger.experiment.summary.update({"best_val_loss": result["val_loss"], **{
-                    key: value for key, value in result.items() if key not in ("val_loss", "best_checkpoint")}})
+                logger.experiment.summary.update({f"best_{key}": result[key] for key, _ in self.METRICS.values()
+                                                  if key in result} | {key: result[key] for key in (
+                                                      "parameters", "best_step", "steps", "wall_s")})
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = state_dict["best"]

@@ -79,8 +79,12 @@ TRAIN = {
     "trainer.precision": one_of(*PRECISIONS), "trainer.gradient_clip_val": optional(POSITIVE),
     "data.batch_size": POSITIVE_INT, "data.val_windows": optional(POSITIVE_INT), "data.num_workers": NON_NEGATIVE_INT,
     "data.bucket_batches": POSITIVE_INT, "data.pad_multiple": POSITIVE_INT, "data.mlm_probability": MASK_SHARE,
+    "data.operation": one_of("+", "-", "*"), "data.digits": POSITIVE_INT, "data.format": one_of("plain", "reversed"),
+    "data.zero_pad": BOOLEAN,
+    "data.train_examples": POSITIVE_INT, "data.test_examples": POSITIVE_INT, "data.eval_examples": POSITIVE_INT,
     "lm.compile": one_of(True, False, "auto"), "lm.max_nonfinite_skips": optional(NON_NEGATIVE_INT),
     "callbacks.checkpoints.every_n_train_steps": optional(POSITIVE_INT),
+    "callbacks.checkpoints.mode": one_of("min", "max"),
     "callbacks.text_samples.max_new_tokens": NON_NEGATIVE_INT, "callbacks.text_samples.temperature": NON_NEGATIVE,
     "callbacks.text_samples.top_k": optional(POSITIVE_INT),
 }
@@ -88,7 +92,7 @@ TRAIN = {
 SAMPLE = {
     "max_new_tokens": NON_NEGATIVE_INT, "num_samples": POSITIVE_INT, "temperature": NON_NEGATIVE,
     "top_k": optional(POSITIVE_INT), "top_p": optional(UP_TO_ONE), "candidates": POSITIVE_INT, "seed": INTEGER,
-    "use_cache": BOOLEAN, "device": optional(TEXT),
+    "use_cache": BOOLEAN, "device": optional(TEXT), "answer_only": BOOLEAN, "quantize": optional(one_of("int8")),
 }
 
 PREPARE = {**DATA, "num_proc": optional(POSITIVE_INT)}

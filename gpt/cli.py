@@ -16,6 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gpt import RunStopped, TrainingDiverged, UserError
+from gpt.arithmetic import check_arithmetic
 from gpt.checks import RENAMED, Rule, check_init_from, check_model, check_values
 from gpt.compat import hydra_error_key
 from gpt.context import in_multirun, is_rank_zero
@@ -221,10 +222,13 @@ def check_resume(ckpt_path: str, run_dir: str, model: DictConfig) -> None:
 
 
 def check_train(cfg: DictConfig) -> None:
-    """What else train.py checks before Hydra writes anything: ``init_from`` exists, and so do the GPUs it asks for
-    (torch loads only when it asks for GPUs or several devices)."""
+    """What else train.py checks before Hydra writes anything: ``init_from`` exists, arithmetic can make the problems
+    asked for, and the GPUs asked for exist (torch loads only when it asks for GPUs or several devices)."""
     if cfg.get("init_from"):
         check_init_from(cfg.init_from)
+    if cfg.data.get("_target_", "").endswith(".ArithmeticDataModule"):  # enough distinct problems
+        data = cfg.data
+        check_arithmetic(data.operation, data.digits, data.format, data.train_examples, data.test_examples)
     trainer = cfg.trainer
     if trainer.accelerator in ("gpu", "cuda") or trainer.devices not in (1, "1", "auto"):
         from gpt.devices import placement

@@ -1,4 +1,4 @@
-"""Compare training runs at a glance, offline: two PNG files from the run directories.
+"""Compare training runs at a glance, offline: PNG files from the run directories.
 
     python -m gpt.compare multirun/2026-11-25/10-00-00           # a sweep directory: each of its numbered jobs
     python -m gpt.compare outputs/2026-11-25/a outputs/2026-11-25/b --out plots/     # run directories
@@ -6,10 +6,12 @@
 - ``val_loss_curves.png``: the validation loss of every run against the step, each run named by the overrides in
   which it differs from the others;
 - ``best_val_loss.png``: the best validation loss against each swept parameter (a panel each), one line for each
-  combination of the other swept parameters.
+  combination of the other swept parameters;
+- ``exact_match_curves.png`` and ``best_exact_match.png``: the same for the exact match of runs with checkable
+  answers (``gpt.answers``).
 
-``--x optim.lr --lines model.n_embd --panels model.parametrization`` draws one chosen figure instead of the second.
-A multirun draws both into its sweep directory when it ends.
+``--x optim.lr --lines model.n_embd --panels model.parametrization`` draws one chosen figure instead of the best
+figure. A multirun draws them all into its sweep directory when it ends.
 """
 
 import argparse
@@ -27,13 +29,16 @@ WHERE_OR_HOW_KEYS = {"ckpt_path", "overwrite"}
 WHERE_OR_HOW_PREFIXES = ("hydra.", "paths.")
 
 
+# what a run can be compared by: its name in result.json, and which of two values is the better
+METRICS = {"val/loss": ("val_loss", min), "val/exact_match": ("exact_match", max)}
+
+
 @dataclass
 class Run:
     path: Path
     overrides: dict[str, str]
-    steps: list[int] = field(default_factory=list)
-    val_losses: list[float] = field(default_factory=list)
-    best: float | None = None
+    curves: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)  # metric: (steps, values)
+    best: dict[str, float] = field(default_factory=dict)  # metric: its best value
 
 
 def read_yaml(path: Path):
@@ -53,15 +58,16 @@ def read_overrides(path: Path) -> dict[str, str]:
 
 
 def load_run(path: Path) -> Run:
-    """A run directory's overrides, val losses and best val loss."""
+    """A run directory's overrides, and the curve and best value of each metric it has."""
     run = Run(path, read_overrides(path))
-    if (path / "metrics.csv").is_file():
-        with open(path / "metrics.csv", newline="") as f:
-            for row in csv.DictReader(f):
-                if row.get("val/loss"):
-                    run.steps.append(int(row["step"]))
-                    run.val_losses.append(float(row["val/loss"]))
-    run.best = read_result(path).get("val_loss", min(run.val_losses, default=None))
+    with open(path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    result = read_result(path)
+    for metric, (key, better) in METRICS.items():
+        points = [(int(row["step"]), float(row[metric])) for row in rows if row.get(metric)]
+        if points:
+            run.curves[metric] = ([step for step, _ in points], [value for _, value in points])
+            run.best[metric] = result.get(key, better(value for _, value in points))
     return run
 
 
@@ -170,26 +176,28 @@ def set_x_axis(ax, key: str, values: list[str]) -> None:
     ax.set_xticks([numbers[i] for i in kept], [texts[i] for i in kept])
 
 
-def curves_figure(runs: list[Run]):
-    """The val/loss of every run against the step, each named by the overrides in which it differs."""
+def curves_figure(runs: list[Run], metric: str = "val/loss"):
+    """``metric`` of every run against the step, each run named by the overrides in which it differs."""
     from matplotlib.figure import Figure
 
     columns = math.ceil(len(runs) / 20)  # the legend goes beside the plot, 20 runs a column
     fig = Figure(figsize=(7 + 3.5 * columns, 5), layout="tight")
     ax = fig.subplots()
     for run, name in zip(runs, labels(runs)):
-        if run.steps:
+        if metric in run.curves:
+            steps, values = run.curves[metric]
             # a run validated once is a lone point: a larger marker keeps it visible
-            ax.plot(run.steps, run.val_losses, marker="o", markersize=3 if len(run.steps) > 1 else 6, label=name)
-    ax.set(xlabel="step", ylabel="val/loss", title="validation loss")
+            ax.plot(steps, values, marker="o", markersize=3 if len(steps) > 1 else 6, label=name)
+    ax.set(xlabel="step", ylabel=metric, title=metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1), ncol=columns)
     return fig
 
 
-def best_figure(runs: list[Run], x: str | None = None, lines: list[str] | None = None, panels: str | None = None):
-    """Best val loss against ``x``, a line per combination of ``lines``, a panel per value of ``panels``; with no
-    ``x``, a panel for each swept parameter against the others. A run that does not set ``x`` is left out."""
+def best_figure(runs: list[Run], x: str | None = None, lines: list[str] | None = None, panels: str | None = None,
+                metric: str = "val/loss"):
+    """The best ``metric`` against ``x``, a line per combination of ``lines``, a panel per value of ``panels``; with
+    no ``x``, a panel for each swept parameter against the others. A run that does not set ``x`` is left out."""
     from matplotlib.figure import Figure
 
     keys = swept(runs)
@@ -202,26 +210,26 @@ def best_figure(runs: list[Run], x: str | None = None, lines: list[str] | None =
     fig = Figure(figsize=(5 * len(specs), 4), layout="tight")
     axes = fig.subplots(1, len(specs), squeeze=False, sharey=True)[0]
     for ax, (x_key, line_keys, panel_key, panel) in zip(axes, specs):
-        shown = [run for run in runs if run.best is not None and x_key in run.overrides
+        shown = [run for run in runs if metric in run.best and x_key in run.overrides
                  and (panel_key is None or run.overrides.get(panel_key) == panel)]
-        draw_lines(ax, shown, x_key, line_keys)
+        draw_lines(ax, shown, x_key, line_keys, metric)
         set_x_axis(ax, x_key, [run.overrides[x_key] for run in shown])
-        ax.set(xlabel=x_key, title=f"{panel_key}={panel}" if panel_key else f"best val/loss by {x_key}")
+        ax.set(xlabel=x_key, title=f"{panel_key}={panel}" if panel_key else f"best {metric} by {x_key}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    axes[0].set_ylabel("best val/loss")
+    axes[0].set_ylabel(f"best {metric}")
     return fig
 
 
-def draw_lines(ax, runs: list[Run], x_key: str, line_keys: list[str]) -> None:
-    """A line of best val loss against ``x_key`` for each combination of the values of ``line_keys``."""
+def draw_lines(ax, runs: list[Run], x_key: str, line_keys: list[str], metric: str) -> None:
+    """A line of the best ``metric`` against ``x_key`` for each combination of the values of ``line_keys``."""
     def line_of(run: Run) -> tuple:
         return tuple(run.overrides.get(k) for k in line_keys)
 
     for values in sorted({line_of(run) for run in runs}, key=lambda values: [sort_key(v) for v in values]):
-        points = sorted(((run.overrides[x_key], run.best) for run in runs if line_of(run) == values),
+        points = sorted(((run.overrides[x_key], run.best[metric]) for run in runs if line_of(run) == values),
                         key=lambda point: sort_key(point[0]))
-        name = describe(dict(zip(line_keys, values)), line_keys) or ("defaults" if line_keys else "best val/loss")
+        name = describe(dict(zip(line_keys, values)), line_keys) or ("defaults" if line_keys else f"best {metric}")
         ax.plot([as_number(value) for value, _ in points], [best for _, best in points], marker="o", label=name)
 
 
@@ -233,11 +241,14 @@ def save(fig, path: Path) -> Path:
 
 def compare(paths: list[Path], out: Path | None = None, x: str | None = None, lines: list[str] | None = None,
             panels: str | None = None) -> list[Path]:
+    """Both figures of every metric the runs have."""
     runs = find_runs(paths)
-    out = out or paths[0]
-    written = [save(curves_figure(runs), out / "val_loss_curves.png")]
-    if swept(runs) or x:
-        written.append(save(best_figure(runs, x, lines, panels), out / "best_val_loss.png"))
+    out, written = out or paths[0], []
+    for metric, (name, _) in METRICS.items():
+        if any(metric in run.curves for run in runs):
+            written.append(save(curves_figure(runs, metric), out / f"{name}_curves.png"))
+            if swept(runs) or x:
+                written.append(save(best_figure(runs, x, lines, panels, metric), out / f"best_{name}.png"))
     return written
 
 

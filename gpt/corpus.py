@@ -8,7 +8,8 @@ directory is reused while its text is unchanged and prepared again otherwise. Of
 - windows (``prepare_windows``): ``train.bin`` and ``val.bin``, the first and the last part of the text, from
   which training draws windows of a fixed length;
 - examples (``prepare_examples``): ``tokens.bin`` and the ``offsets.npy`` index of whole lines, paragraphs or
-  documents, each followed by ``<|endoftext|>``; the last part of them is the validation split.
+  documents, each followed by ``<|endoftext|>``; the last part of them is the validation split;
+- answers (``prepare_answers``): the same for prompt -> answer examples of JSONL files, with ``prompt_lengths.npy``.
 
 The text is read in chunks (files larger than memory work) and encoded in parallel processes.
 """
@@ -175,6 +176,15 @@ class PreparedData:
             raise UserError(f"{self.dir / 'offsets.npy'} does not fit its meta.json; delete {self.dir} to prepare it "
                             "again")
         return offsets
+
+    @cached_property
+    def prompt_lengths(self) -> np.ndarray:
+        """The prompt's length of each example (prompt -> answer examples); the rest of it is the answer."""
+        lengths = np.load(self.dir / "prompt_lengths.npy", allow_pickle=False)
+        if lengths.shape != (self.n_examples,) or (lengths >= np.diff(self.example_offsets)).any():
+            raise UserError(f"{self.dir / 'prompt_lengths.npy'} does not fit its examples; delete {self.dir} to prepare "
+                            "it again")
+        return lengths
 
     def token_file(self, name: str, expected_tokens: int) -> TokenFile:
         path = self.dir / name
@@ -443,3 +453,77 @@ def _build_examples(text_path: Path, files: list[Path], out_dir: Path, example: 
         np.save(f, offsets)
     return tok, {"examples": n_examples, "train_examples": n_train, "skipped_empty": n_all - n_examples,
                  "tokens": int(offsets[-1])}
+
+
+# --------------------------------------------------------------------------- answers: prompt -> answer examples
+
+
+def read_answers(path: Path) -> list[tuple[str, str]]:
+    """The (prompt, answer) pairs of a JSONL file: one ``{"prompt": ..., "answer": ...}`` object per line (blank lines
+    are skipped); a line that is not one, or whose answer is empty, is refused by its number."""
+    pairs = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    pairs.append(answer_pair(line, f"{path}:{number}"))
+    except FileNotFoundError:
+        raise UserError(f"data file not found: {path}; set data.text_path to a JSONL file of prompts and answers") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; convert it with iconv -t utf-8") from None
+    if not pairs:
+        raise UserError(f"{path} has no examples; write one {{\"prompt\": ..., \"answer\": ...}} object per line")
+    return pairs
+
+
+def answer_pair(line: str, where: str) -> tuple[str, str]:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError:
+        item = None
+    if not isinstance(item, dict):
+        raise UserError(f"{where} is not a JSON object; write one {{\"prompt\": ..., \"answer\": ...}} per line")
+    for key in ("prompt", "answer"):
+        if not isinstance(item.get(key), str):
+            raise UserError(f"{where} has no text under {key!r}; each line needs {{\"prompt\": ..., \"answer\": ...}}")
+    if not item["prompt"] or not item["answer"]:
+        empty = "prompt" if not item["prompt"] else "answer"
+        raise UserError(f"{where} has an empty {empty}; every example needs a prompt to answer and an answer to learn")
+    return item["prompt"], item["answer"]
+
+
+def prepare_answers(text_path: str | Path, out_dir: str | Path, tokenizer: str = "char", vocab_size: int | None = None,
+                    val_fraction: float = 0.1, val_path: str | Path | None = None) -> dict:
+    """Tokenize the prompt -> answer examples of a JSONL file into ``tokens.bin`` + ``offsets.npy`` +
+    ``prompt_lengths.npy``: each example is its prompt, its answer and the end token. The validation split is
+    ``val_path``, or else the last ``val_fraction`` of the examples."""
+    files = [Path(text_path), *([Path(val_path)] if val_path else [])]
+    train, val = read_answers(files[0]), read_answers(files[1]) if val_path else None
+    if val is None:
+        check_val_fraction(val_fraction)
+        n_train = int(len(train) * (1 - val_fraction))
+        if not 0 < n_train < len(train):
+            raise UserError(f"{text_path} has only {len(train)} example(s), too few for a train and a val split")
+        train, val = train[:n_train], train[n_train:]
+    options = {"tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": val_fraction, "answers": True}
+    return prepare(Path(out_dir), files, options, lambda out: _build_answers(train, val, out, tokenizer, vocab_size))
+
+
+def _build_answers(train: list[tuple[str, str]], val: list[tuple[str, str]], out_dir: Path, kind: str,
+                   vocab_size: int | None) -> tuple[Tokenizer, dict]:
+    log.info("preparing %d train and %d val prompt -> answer examples in %s", len(train), len(val), out_dir)
+    tok = fit(kind, lambda: (prompt + answer + "\n" for prompt, answer in train),
+              lambda: (prompt + answer for prompt, answer in train + val), vocab_size)
+    if tok.eot_id is None:
+        raise UserError(f"the {tok.kind} tokenizer has no end token, which answers need")
+    prompts = [tok.encode(prompt) for prompt, _ in train + val]
+    answers = [tok.encode(answer) + [tok.eot_id] for _, answer in train + val]
+    with atomic_writer(out_dir / "tokens.bin") as f:
+        for prompt, answer in zip(prompts, answers):
+            np.asarray(prompt + answer, dtype=token_dtype(tok.vocab_size)).tofile(f)
+    lengths = [len(prompt) + len(answer) for prompt, answer in zip(prompts, answers)]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    for name, array in (("offsets.npy", offsets), ("prompt_lengths.npy", np.array([len(p) for p in prompts]))):
+        with atomic_writer(out_dir / name) as f:
+            np.save(f, array)
+    return tok, {"examples": len(lengths), "train_examples": len(train), "skipped_empty": 0, "tokens": int(offsets[-1])}

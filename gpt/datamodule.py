@@ -25,7 +25,8 @@ class TokenDataModule(L.LightningDataModule):
 
     - ``tokenizer``: the tokenizer the data was encoded with (``tokenizer=`` names its kind: char, gpt2, bpe);
     - ``block_size``: the longest sequence a batch holds, the model's context (train.py passes it);
-    - ``masks_tokens``: whether batches are masked-LM batches (such a module also gives ``val_example()``).
+    - ``masks_tokens``: whether batches are masked-LM batches (such a module also gives ``val_example()``);
+    - ``held_out_answers()``: (prompt, answer) pairs whose answers generation is checked against, or None.
 
     A subclass prepares its format (``prepare``), checks it (``check``) and makes its datasets and loaders.
 
@@ -43,6 +44,7 @@ class TokenDataModule(L.LightningDataModule):
         self.prepared = PreparedData(prepared_dir(cache_dir, text_path, tokenizer, vocab_size, example))
         self.tokenizer_kind, self.vocab_size, self.val_fraction = tokenizer, vocab_size, val_fraction
         self.block_size, self.batch_size, self.num_workers, self.seed = block_size, batch_size, num_workers, seed
+        self.checked = False
 
     @property
     def data_dir(self) -> Path:
@@ -59,11 +61,17 @@ class TokenDataModule(L.LightningDataModule):
         self.prepare()
 
     def setup(self, stage: str | None = None) -> None:
-        self.check()
+        if not self.checked:  # train() checks the data before it writes anything; Lightning calls setup again
+            self.check()
+            self.checked = True
 
     @cached_property
     def tokenizer(self) -> Tokenizer:
         return self.prepared.tokenizer
+
+    def held_out_answers(self) -> list[tuple[str, str]] | None:
+        """Text without checkable answers has none."""
+        return None
 
     @property
     def rank(self) -> int:

@@ -27,7 +27,7 @@ class Examples(Dataset):
 
     def __init__(self, prepared: PreparedData, start: int, stop: int, block_size: int):
         offsets = prepared.example_offsets
-        self.file = prepared.example_tokens()
+        self.file, self.first = prepared.example_tokens(), start
         self.starts = offsets[start:stop]
         self.lengths = np.minimum(offsets[start + 1:stop + 1] - self.starts, block_size)
 
@@ -208,7 +208,8 @@ class ExamplesDataModule(TokenDataModule):
     def val_dataset(self) -> Examples:
         return self.dataset(self.prepared.n_train_examples, self.prepared.n_examples)
 
-    def collate(self, seed: int | None) -> PadCollate:
+    def collate(self, seed: int | None, dataset: Examples | None = None) -> PadCollate:
+        """How the examples of ``dataset`` become a batch; ``seed``: the same masks at every evaluation."""
         tok = self.tokenizer
         pad_id = tok.pad_id if tok.pad_id is not None else 0  # any id: padding is masked out and has no label
         if not self.masks_tokens:
@@ -232,8 +233,8 @@ class ExamplesDataModule(TokenDataModule):
                 ) -> DataLoader:
         sampler = LengthGroupedSampler(dataset.lengths, self.batch_size, shuffle, self.bucketing, self.bucket_batches,
                                        self.seed, rank=self.rank, num_replicas=self.world_size)
-        return self.loader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate(masking_seed),
-                           drop_last=drop_last)
+        return self.loader(dataset, batch_size=self.batch_size, sampler=sampler,
+                           collate_fn=self.collate(masking_seed, dataset), drop_last=drop_last)
 
 
 def padding_fraction(loader: Iterable[dict[str, torch.Tensor]]) -> float:

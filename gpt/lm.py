@@ -71,7 +71,12 @@ class LanguageModel(L.LightningModule):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The batch's mean loss over its labelled positions."""
-        return self.model(batch["input_ids"], labels=batch["labels"], attention_mask=batch.get("attention_mask"))
+        return self.model(batch["input_ids"], labels=batch["labels"], attention_mask=self.attention_mask(batch))
+
+    def attention_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """None for a causal model: batches are padded on the right, so a real token never sees the padding after
+        it and its position is the one it has alone, and attention takes its fast causal path without a mask."""
+        return None if self.causal else batch.get("attention_mask")
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """The loss, and as ``train_loss`` the same value for ``gpt.callbacks.TrainingMetrics`` to log (Lightning

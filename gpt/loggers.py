@@ -158,7 +158,8 @@ def start_run(logger: WandbLogger) -> None:
     drop_wandb_anonymous_setting(logger)
     run = logger.experiment  # starts the run (on rank 0)
     if rank_zero_only.rank == 0:
-        for metric, summary in (("val/loss", "min"), ("val/mlm_acc", "max")):  # the runs table shows the best
+        for metric, summary in (("val/loss", "min"), ("val/mlm_acc", "max"), ("val/exact_match", "max"),
+                                ("val/digit_acc", "max")):  # the runs table shows the best
             run.define_metric(metric, step_metric="trainer/global_step", summary=summary)
 
 

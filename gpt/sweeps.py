@@ -14,7 +14,7 @@ from gpt.context import is_rank_zero
 from gpt.result import read_result
 
 SUMMARY_FILE = "summary.csv"
-SUMMARY_COLUMNS = ["job", "val_loss", "best_step", "steps", "parameters", "wall_s", "status", "overrides", "error",
+SUMMARY_COLUMNS = ["job", "val_loss", "exact_match", "best_step", "steps", "parameters", "wall_s", "status", "overrides", "error",
                    "output_dir"]
 
 
@@ -40,7 +40,7 @@ class SweepSummary(Callback):
         if self.sweep_dir is None or not is_rank_zero():  # a single run; under torchrun, rank 0 keeps the record
             return
         self.rows.append(job_row(config, job_return, time.perf_counter() - self.job_started))
-        self.rows.sort(key=lambda row: row["val_loss"] if row["val_loss"] != "" else math.inf)
+        self.rows.sort(key=rank)
         write_summary(self.rows, self.sweep_dir / SUMMARY_FILE)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -57,6 +57,7 @@ def job_row(config: DictConfig, job_return: JobReturn, wall_s: float) -> dict:
     return {
         "job": config.hydra.job.num,
         "val_loss": result.get("val_loss", ""),
+        "exact_match": result.get("exact_match", ""),
         **{key: result.get(key, "") for key in ("best_step", "steps", "parameters")},
         "wall_s": round(wall_s, 1),
         "status": "completed" if job_return.status == JobStatus.COMPLETED else "failed",
@@ -92,18 +93,28 @@ def write_summary(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+def rank(row: dict) -> tuple:
+    """Best first: by exact match (higher first) for checkable answers, else by val/loss; failed jobs last."""
+    if row["exact_match"] != "":
+        return 0, -row["exact_match"]
+    return (1, row["val_loss"]) if row["val_loss"] != "" else (2, math.inf)
+
+
 def format_summary(rows: list[dict], path: Path) -> str:
     """The table, each job named by the overrides that differ between jobs; the shared ones are listed once."""
     shared = set.intersection(*(set(row["override_list"]) for row in rows))
-    lines = [f"sweep of {len(rows)} jobs, best val/loss first (also in {path})"]
+    answers = any(row["exact_match"] != "" for row in rows)
+    lines = [f"sweep of {len(rows)} jobs, best {'exact match' if answers else 'val/loss'} first (also in {path})"]
     if shared:
         lines.append(f"every job: {' '.join(o for o in rows[0]['override_list'] if o in shared)}")
-    lines.append(f"{'job':>4} {'val/loss':>9} {'best at':>7} {'steps':>6} {'params':>8} {'wall':>8}  overrides")
+    lines.append(f"{'job':>4} {'val/loss':>9}{' exact' if answers else ''} {'best at':>7} {'steps':>6} {'params':>8} "
+                 f"{'wall':>8}  overrides")
     for row in rows:
         loss = f"{row['val_loss']:.4f}" if row["val_loss"] != "" else row["status"]
+        exact = (f" {row['exact_match']:>5.3f}" if row["exact_match"] != "" else f" {'':>5}") if answers else ""
         own = " ".join(o for o in row["override_list"] if o not in shared) or "(none)"
         note = f"  ({row['error']})" if row["error"] else ""
         params = format_count(row["parameters"]) if row["parameters"] != "" else ""
-        lines.append(f"{row['job']:>4} {loss:>9} {row['best_step']!s:>7} {row['steps']!s:>6} {params:>8} "
+        lines.append(f"{row['job']:>4} {loss:>9}{exact} {row['best_step']!s:>7} {row['steps']!s:>6} {params:>8} "
                      f"{row['wall_s']:>7.1f}s  {own}{note}")
     return "\n".join(lines)

@@ -110,7 +110,8 @@ def refuse_ddp_in_multirun(trainer: L.Trainer) -> None:
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Train the configured model and return the best validation loss (the value sweeps optimise)."""
+    """Train the configured model and return the best value of the checkpoints' monitor (the value sweeps
+    optimise: val/loss by default)."""
     quiet_libraries()
     output_dir = Path(cfg.paths.output_dir)
     writes = not cfg.trainer.get("fast_dev_run")  # a fast dev run writes nothing to the run directory
@@ -127,6 +128,7 @@ def fit_and_report(cfg: DictConfig, output_dir: Path, stop: StopOnSignal, writes
     resume = resume_point(cfg)
     datamodule = instantiate(cfg.data, block_size=cfg.model.block_size)
     datamodule.prepare_data()
+    datamodule.setup("fit")
     tokenizer = datamodule.tokenizer
     log.info("data: %s as %s tokens, a vocabulary of %d, prepared in %s", datamodule.text_path, tokenizer.kind,
              tokenizer.vocab_size, datamodule.data_dir)
@@ -206,7 +208,8 @@ def build_lm(cfg: DictConfig, model_config: ModelConfig, tokenizer: Tokenizer, r
 
 
 def report_best(trainer: L.Trainer, output_dir: Path) -> float | None:
-    """Print the best validation loss and its checkpoint (rank 0 only; the other ranks return None)."""
+    """Print the best value of the checkpoints' monitor (val/loss, or val/exact_match for checkable answers) and its
+    checkpoint, and return it: the value sweeps optimise (rank 0 only; the other ranks return None)."""
     if trainer.fast_dev_run:
         if trainer.is_global_zero:
             print("fast dev run passed: a training and a validation batch went through every step of a run; "
@@ -215,6 +218,6 @@ def report_best(trainer: L.Trainer, output_dir: Path) -> float | None:
     result = read_result(output_dir) if trainer.is_global_zero else {}
     if not result:
         return None
-    print(f"best val/loss {result['val_loss']:.4f} at step {result['best_step']} of {result['steps']}, "
+    print(f"best {result['monitor']} {result['best']:.4f} at step {result['best_step']} of {result['steps']}, "
           f"checkpoint {result['best_checkpoint']}")
-    return result["val_loss"]
+    return result["best"]

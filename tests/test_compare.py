@@ -149,7 +149,7 @@ def test_a_run_validated_once_is_a_visible_marker(tmp_path):
     once = fake_run(tmp_path / "once", ["optim.lr=1e-3"], {20: 2.5})
     twice = fake_run(tmp_path / "twice", ["optim.lr=3e-3"], {10: 3.0, 20: 2.4})
     runs = find_runs([once, twice])
-    assert [run.steps for run in runs] == [[20], [10, 20]]
+    assert [run.curves["val/loss"][0] for run in runs] == [[20], [10, 20]]
     compare([once, twice])
     fig = curves_figure(runs)
     (ax,) = fig.axes

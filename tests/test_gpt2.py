@@ -180,3 +180,17 @@ def test_export_refuses_what_gpt2_cannot_hold(tmp_path, change, message):
         save_hf(model, char_tokenizer(), tmp_path)
     assert message in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_fine_tune_gpt2_weights_on_prompt_answer_examples(tmp_path):
+    small_hf_model(vocab_size=50257, n_positions=64).save_pretrained(tmp_path / "hf")
+    examples = [f'{{"prompt": "Q: {a} plus {b}?\\nA:", "answer": " {a + b}"}}' for a in range(12) for b in range(12)]
+    (tmp_path / "qa.jsonl").write_text("\n".join(examples) + "\n")
+    model = ["model=gpt2", "model.n_layer=2", "model.n_head=4", "model.n_embd=64", "model.block_size=32"]
+    result = run_script("train.py", *model, "data=jsonl", f"data.text_path={tmp_path / 'qa.jsonl'}",
+                        "data.tokenizer=gpt2", "data.eval_examples=8", f"init_from={tmp_path / 'hf'}",
+                        "trainer.max_steps=4", "trainer.val_every_n_steps=4", "data.batch_size=8",
+                        f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path / 'data'}")
+    assert result.returncode == 0, result.stderr
+    assert "initialised the weights from" in (tmp_path / "run" / "train.log").read_text()
+    assert "val/exact_match" in (tmp_path / "run" / "metrics.csv").read_text()

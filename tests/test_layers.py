@@ -11,11 +11,12 @@ from conftest import REPO
 # each module of gpt/ and the layer it belongs to; a module may import its own layer and the ones below
 LAYERS = {
     "gpt": 0, "gpt.files": 0, "gpt.context": 0, "gpt.result": 0, "gpt.rundir": 0, "gpt.checks": 0, "gpt.compat": 0,
+    "gpt.arithmetic": 1, "gpt.quantize": 1,
     "gpt.bpe": 1, "gpt.tokenizers": 1, "gpt.configs": 1, "gpt.generate": 1, "gpt.interface": 1, "gpt.model": 1,
     "gpt.optim": 1,
     "gpt.hf": 2, "gpt.corpus": 2, "gpt.checkpoint": 2,
     "gpt.devices": 3, "gpt.datamodule": 3, "gpt.windows": 3, "gpt.examples": 3, "gpt.lm": 3,
-    "gpt.callbacks": 3, "gpt.loggers": 3,
+    "gpt.callbacks": 3, "gpt.loggers": 3, "gpt.answers": 3,
     "gpt.cli": 4, "gpt.training": 4, "gpt.sweeps": 4, "gpt.compare": 4,
 }
 

@@ -12,13 +12,16 @@ import time
 import zipfile
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
-from gpt import UserError
+from gpt import RunStopped, UserError
+from gpt.callbacks import Checkpoints, StopOnSignal
 from gpt.checkpoint import load_checkpoint, write_checkpoint
 from gpt.configs import GPTConfig, ModelConfig
 from gpt.corpus import PreparedData, prepare_windows
+from gpt.lm import CausalLM
 from gpt.result import read_result
 
 from conftest import REPO, SHAKESPEARE, SHORT_RUN, TINY_GPT, run_script, train_tiny
@@ -204,6 +207,24 @@ def test_ctrl_c_and_sigusr1_stop_the_same_way(tmp_path, signum, code):
     last = stderr.strip().splitlines()[-1]
     step = int(re.fullmatch(rf"stopped at step (\d+) by {signum.name}; resume with ckpt_path=last", last)[1])
     assert step_of(run / "checkpoints" / "last.ckpt") == step
+
+
+def test_a_stop_during_a_validation_keeps_that_validations_best_checkpoint(tmp_path):
+    class SignalWhileValidating(L.Callback):
+        def on_validation_batch_end(self, trainer, *args):
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    stop = StopOnSignal()
+    lm = CausalLM(GPTConfig(vocab_size=8, block_size=4, n_layer=1, n_head=1, n_embd=8), optimizer=torch.optim.AdamW)
+    batches = [{"input_ids": torch.zeros(2, 4, dtype=torch.long), "labels": torch.zeros(2, 4, dtype=torch.long)}] * 4
+    trainer = L.Trainer(max_steps=4, val_check_interval=2, callbacks=[Checkpoints(str(tmp_path)), SignalWhileValidating(),
+                        stop], logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, default_root_dir=tmp_path)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    with stop.installed(), pytest.raises(RunStopped):
+        trainer.fit(lm, train_dataloaders=loader, val_dataloaders=loader)
+    assert step_of(tmp_path / "best.ckpt") == 2 and os.readlink(tmp_path / "last.ckpt") == "best.ckpt"
 
 
 def test_a_run_killed_while_validating_validates_that_step_when_resumed(tmp_path):

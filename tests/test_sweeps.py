@@ -63,8 +63,8 @@ def test_grid_jobs_are_separate_wandb_runs_in_one_group_and_summarised(tmp_path,
     curves, best = plt.imread(sweep_dir / "val_loss_curves.png"), plt.imread(sweep_dir / "best_val_loss.png")
     assert curves.shape[0] > 300 and best.shape[0] > 300 and curves.std() > 0.01
     runs = find_runs([sweep_dir])
-    assert swept(runs) == ["optim.lr"] and [run.steps for run in runs] == [[30, 60], [30, 60]]
-    assert [run.best for run in runs] == [float(rows[1]["val_loss"]), float(rows[0]["val_loss"])]
+    assert swept(runs) == ["optim.lr"] and [run.curves["val/loss"][0] for run in runs] == [[30, 60], [30, 60]]
+    assert [run.best["val/loss"] for run in runs] == [float(rows[1]["val_loss"]), float(rows[0]["val_loss"])]
 
 
 def test_a_diverged_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path):
@@ -147,3 +147,13 @@ def test_wandb_sweep_command_gives_hydra_overrides(tmp_path):
     cfg = compose_train(*command[3:], tmp_path=tmp_path)
     assert cfg.optim.lr == 3e-3 and cfg.model.dropout == 0.2 and cfg.model.n_embd == 192 and cfg.model.n_layer == 6
     assert set(cfg.logger) == {"csv", "wandb"}
+
+
+def test_the_wandb_sweep_of_arithmetic_maximises_the_exact_match_that_runs_log(tmp_path):
+    sweep = yaml.safe_load((REPO / "sweeps" / "wandb_arithmetic.yaml").read_text())
+    assert sweep["metric"] == {"name": "val/exact_match", "goal": "maximize"}
+    fixed = [word for word in sweep["command"] if not word.startswith("${")]
+    cfg = compose_train(*fixed, *(f"{name}={spec['values'][0] if 'values' in spec else spec['max']}"
+                                  for name, spec in sweep["parameters"].items()), tmp_path=tmp_path)
+    assert cfg.callbacks.exact_match and cfg.callbacks.checkpoints.monitor == "val/exact_match"
+    assert cfg.data.train_examples == 2000 and cfg.model.n_layer == 1
