@@ -206,7 +206,8 @@ class Checkpoints(Checkpoint):
                  every_n_train_steps: int | None = 500):
         if mode not in ("min", "max"):
             raise UserError(f"callbacks.checkpoints.mode={mode!r}: min (a loss) or max (an accuracy)")
-        self.dirpath, self.monitor, self.mode, self.every_n_train_steps = Path(dirpath), monitor, mode, every_n_train_steps
+        self.dirpath, self.monitor, self.mode = Path(dirpath), monitor, mode
+        self.every_n_train_steps = every_n_train_steps
         self.best_score, self.best_step, self.saved_step = math.inf if mode == "min" else -math.inf, None, None
         self.best_model_path, self.last_model_path = "", ""
 
@@ -387,8 +388,8 @@ class StepProgress(ProgressBar):
 
     def refresh(self, trainer) -> None:
         metrics = {"train/loss": self.train_loss, **trainer.progress_bar_metrics}
-        shown = [f"{name} {metrics[name]:.4f}" for name in ("train/loss", "val/loss", "val/mlm_acc")
-                 if metrics.get(name) is not None]
+        names = ("train/loss", "val/loss", "val/mlm_acc", "val/exact_match")
+        shown = [f"{name} {metrics[name]:.4f}" for name in names if metrics.get(name) is not None]
         if self.tokens:
             shown.append(f"{self.tokens / (time.perf_counter() - self.since):,.0f} tok/s")
         self.bar.set_postfix_str(", ".join(shown), refresh=False)
@@ -453,8 +454,8 @@ class RunResult(L.Callback):
             return
         result = {**self.best, "monitor": checkpoints.monitor, "best": checkpoints.best_score,
                   "best_step": checkpoints.best_step, "steps": trainer.global_step,
-                  "parameters": pl_module.model.count_parameters(), "wall_s": round(time.perf_counter() - self.started, 1),
-                  "best_checkpoint": checkpoints.best_model_path, **extra}
+                  "parameters": pl_module.model.count_parameters(),
+                  "wall_s": round(time.perf_counter() - self.started, 1), "best_checkpoint": checkpoints.best_model_path, **extra}
         write_result(self.output_dir, result)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):  # the runs table of the project page, and the run's end, show these

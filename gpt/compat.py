@@ -35,6 +35,9 @@ def is_plain_attribute(module, name: str) -> bool:
 
 # Lightning's advice to use more DataLoader workers, on machines with many cores; its text is all there is to match
 LIGHTNING_FEW_WORKERS_WARNING = r".*does not have many workers which may be a bottleneck"
+# Lightning's advice when an epoch has fewer batches than trainer.log_every_n_steps; the logging interval counts
+# steps across epochs, so a small data set (1,000 arithmetic problems) logs as often as any other
+LIGHTNING_SHORT_EPOCH_WARNING = r".*is smaller than the logging interval"
 
 
 def drop_wandb_anonymous_setting(logger) -> None:

@@ -182,8 +182,8 @@ class PreparedData:
         """The prompt's length of each example (prompt -> answer examples); the rest of it is the answer."""
         lengths = np.load(self.dir / "prompt_lengths.npy", allow_pickle=False)
         if lengths.shape != (self.n_examples,) or (lengths >= np.diff(self.example_offsets)).any():
-            raise UserError(f"{self.dir / 'prompt_lengths.npy'} does not fit its examples; delete {self.dir} to prepare "
-                            "it again")
+            raise UserError(f"{self.dir / 'prompt_lengths.npy'} does not fit its examples; delete {self.dir} to "
+                            "prepare it again")
         return lengths
 
     def token_file(self, name: str, expected_tokens: int) -> TokenFile:
@@ -468,7 +468,8 @@ def read_answers(path: Path) -> list[tuple[str, str]]:
                 if line.strip():
                     pairs.append(answer_pair(line, f"{path}:{number}"))
     except FileNotFoundError:
-        raise UserError(f"data file not found: {path}; set data.text_path to a JSONL file of prompts and answers") from None
+        raise UserError(f"data file not found: {path}; set data.text_path to a JSONL file of prompts and "
+                        "answers") from None
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text; convert it with iconv -t utf-8") from None
     if not pairs:

@@ -14,8 +14,8 @@ from gpt.context import is_rank_zero
 from gpt.result import read_result
 
 SUMMARY_FILE = "summary.csv"
-SUMMARY_COLUMNS = ["job", "val_loss", "exact_match", "best_step", "steps", "parameters", "wall_s", "status", "overrides", "error",
-                   "output_dir"]
+SUMMARY_COLUMNS = ["job", "val_loss", "exact_match", "best_step", "steps", "parameters", "wall_s", "status", "overrides",
+                   "error", "output_dir"]
 
 
 class SweepSummary(Callback):

@@ -17,7 +17,7 @@ from gpt import UserError, format_count
 from gpt.callbacks import FinalValidation, RunResult, StepProgress, StopOnSignal
 from gpt.checkpoint import (CheckpointRecord, check_same_model, check_tokenizer, load_initial_weights,
                             resume_checkpoint)
-from gpt.compat import LIGHTNING_FEW_WORKERS_WARNING, relaunches_script
+from gpt.compat import LIGHTNING_FEW_WORKERS_WARNING, LIGHTNING_SHORT_EPOCH_WARNING, relaunches_script
 from gpt.configs import ModelConfig
 from gpt.context import in_multirun, is_rank_zero
 from gpt.datamodule import TokenDataModule
@@ -41,6 +41,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # the loaders need no workers (gpt.datamodule.TokenDataModule says why); Lightning suggests them on many cores
     warnings.filterwarnings("ignore", message=LIGHTNING_FEW_WORKERS_WARNING)
+    warnings.filterwarnings("ignore", message=LIGHTNING_SHORT_EPOCH_WARNING)
     if rank_zero_only.rank != 0:
         logging.getLogger().setLevel(logging.WARNING)
 

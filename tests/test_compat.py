@@ -10,8 +10,8 @@ import torch
 from hydra.errors import ConfigCompositionException
 
 from gpt.callbacks import StopOnSignal
-from gpt.compat import (LIGHTNING_FEW_WORKERS_WARNING, drop_wandb_anonymous_setting, hydra_error_key,
-                        is_plain_attribute, relaunches_script, skip_update_if)
+from gpt.compat import (LIGHTNING_FEW_WORKERS_WARNING, LIGHTNING_SHORT_EPOCH_WARNING, drop_wandb_anonymous_setting,
+                        hydra_error_key, is_plain_attribute, relaunches_script, skip_update_if)
 from gpt.configs import GPTConfig
 from gpt.lm import CausalLM
 from gpt.training import quiet_libraries
@@ -60,6 +60,12 @@ def test_lightning_still_advises_more_workers_with_the_text_that_is_filtered():
     from lightning.pytorch.trainer.connectors import data_connector
 
     assert re.search(LIGHTNING_FEW_WORKERS_WARNING, inspect.getsource(data_connector))
+
+
+def test_lightning_still_warns_of_short_epochs_with_the_text_that_is_filtered():
+    from lightning.pytorch.loops import fit_loop
+
+    assert re.search(LIGHTNING_SHORT_EPOCH_WARNING, inspect.getsource(fit_loop))
 
 
 def test_lightnings_wandb_logger_passes_the_anonymous_setting_which_can_be_dropped(tmp_path):
