@@ -95,7 +95,7 @@ def main(cfg: DictConfig) -> None:
     with report_user_errors():
         check_config(cfg, "python sample.py", SAMPLE)
         for i, text in enumerate(sample(cfg)):
-            print(f"--- sample {i + 1}\n{text}")
+            print(text if cfg.answer_only else f"--- sample {i + 1}\n{text}")  # answers: one a line, to read back
 
 
 if __name__ == "__main__":

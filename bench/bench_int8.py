@@ -22,6 +22,9 @@ from gpt.quantize import quantize_int8, weight_bytes  # noqa: E402
 from gpt.windows import WindowsDataModule  # noqa: E402
 
 
+ARITHMETIC_KEYS = ("operation", "digits", "format", "zero_pad", "train_examples", "test_examples", "seed")
+
+
 def generation_speed(model, batch: int, repeats: int = 3) -> float:
     """Tokens/s of greedy generation with the KV cache, each prompt one token, filling the context."""
     new_tokens = model.block_size - 1
@@ -62,8 +65,10 @@ def main() -> None:
     torch.manual_seed(0)
     results = {}
     with tempfile.TemporaryDirectory() as cache:
-        if args.addition:
-            data = ArithmeticDataModule(cache, block_size=16, batch_size=256)  # experiment=addition's problems
+        if args.addition:  # the held-out problems of the run that trained the checkpoint
+            model, _, record = model_from_checkpoint(args.addition)
+            data = ArithmeticDataModule(cache, block_size=model.block_size, batch_size=256,
+                                        **{key: record.config["data"][key] for key in ARITHMETIC_KEYS})
             data.prepare_data()
             pairs = data.held_out_answers()
 

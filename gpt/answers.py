@@ -22,6 +22,9 @@ from gpt.corpus import prepare_answers
 from gpt.examples import Examples, ExamplesDataModule, PadCollate
 
 
+GENERATION_LOGITS_BYTES = 2 ** 30
+
+
 class AnswerCollate(PadCollate):
     """Padded batches whose labels are the answer's tokens and its end token only: the prompt is given, not
     learned. ``prompt_lengths``: of the examples of one dataset, by their index in it."""
@@ -56,16 +59,17 @@ class AnswersDataModule(ExamplesDataModule):
 
     def check(self) -> None:
         data = self.prepared
-        longest = int((data.prompt_lengths + 1).max())
-        if longest > self.block_size:
-            raise UserError(f"a prompt of {self.text_path} takes {longest - 1} tokens, with its first answer token "
-                            f"more than model.block_size={self.block_size}; raise model.block_size or shorten it")
-        too_long = int((np.diff(data.example_offsets) > self.block_size).sum())
-        if too_long:
-            raise UserError(f"{too_long} example(s) of {self.text_path} are longer than model.block_size="
-                            f"{self.block_size} tokens with their end token; raise model.block_size")
+        lengths = np.diff(data.example_offsets)
+        too_long = np.flatnonzero(lengths > self.block_size)
+        if too_long.size:
+            first = int(too_long[0])
+            where = (f"example {first + 1} of {self.text_path}" if first < data.n_train_examples or not self.val_path
+                     else f"example {first - data.n_train_examples + 1} of {self.val_path}")
+            raise UserError(f"{too_long.size} example(s) are longer than model.block_size={self.block_size} tokens "
+                            f"with their end token, the first {where} ({lengths[first]} tokens); raise "
+                            "model.block_size or shorten them")
 
-    def collate(self, seed: int | None, dataset: Examples | None = None) -> PadCollate:
+    def collate(self, seed: int | None, dataset: Examples) -> PadCollate:
         lengths = self.prepared.prompt_lengths[dataset.first:dataset.first + len(dataset)]
         return AnswerCollate(self.tokenizer.pad_id or 0, self.block_size, self.pad_multiple, lengths)
 
@@ -109,15 +113,20 @@ class ArithmeticDataModule(AnswersDataModule):
 
 def score_answers(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 500) -> tuple[float, float]:
     """(exact match, per-character accuracy) of the answers ``model`` generates greedily for the prompts of ``pairs``
-    against their answers: an answer counts when it equals the reference and then ends (the end token)."""
+    against their answers: an answer counts when it equals the reference and then ends (the end token).
+
+    At most ``batch_size`` prompts are generated at once, fewer where their logits would take more than
+    ``GENERATION_LOGITS_BYTES`` (500 prompts of 30 GPT-2 tokens: 3 GB)."""
+    prompts = [tokenizer.encode(prompt) for prompt, _ in pairs]
+    longest_prompt = max(len(prompt) for prompt in prompts)
+    batch_size = max(1, min(batch_size, GENERATION_LOGITS_BYTES // (4 * model.vocab_size * longest_prompt)))
     exact = right_characters = characters = 0
     for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        prompts = [tokenizer.encode(prompt) for prompt, _ in chunk]
+        chunk, chunk_prompts = pairs[start:start + batch_size], prompts[start:start + batch_size]
         longest = max(len(tokenizer.encode(answer)) for _, answer in chunk)
-        rows = model.generate(prompts, longest + 1, temperature=0, eot_id=tokenizer.eot_id,
+        rows = model.generate(chunk_prompts, longest + 1, temperature=0, eot_id=tokenizer.eot_id,
                               suppress_ids=tokenizer.special_ids - {tokenizer.eot_id})
-        for (_, reference), prompt, row in zip(chunk, prompts, rows):
+        for (_, reference), prompt, row in zip(chunk, chunk_prompts, rows):
             generated = row[len(prompt):]
             ended = bool(generated) and generated[-1] == tokenizer.eot_id
             text = tokenizer.decode(generated[:-1] if ended else generated)

@@ -15,6 +15,7 @@ from gpt.files import atomic_write_text
 
 OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 FORMATS = ("plain", "reversed")
+MAX_DIGITS = 9  # pairs are drawn from range(10 ** (2 * digits)), which random.sample takes up to 2 ** 63
 
 
 def check_arithmetic(operation: str, digits: int, answer_format: str, train_examples: int, test_examples: int) -> None:
@@ -23,6 +24,8 @@ def check_arithmetic(operation: str, digits: int, answer_format: str, train_exam
         raise UserError(f"data.operation={operation!r} is not an operation; choose one of {', '.join(OPERATIONS)}")
     if answer_format not in FORMATS:
         raise UserError(f"data.format={answer_format!r} is not a format; choose one of {', '.join(FORMATS)}")
+    if digits > MAX_DIGITS:
+        raise UserError(f"data.digits={digits} is more than this generator draws; use at most {MAX_DIGITS} digits")
     distinct = 10 ** (2 * digits)
     if train_examples + test_examples > distinct:
         raise UserError(f"data.digits={digits} makes only {distinct:,} distinct problems, fewer than "

@@ -21,7 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from gpt import IGNORE_INDEX, RunStopped, TrainingDiverged, UserError
 from gpt.checkpoint import save_checkpoint_file
 from gpt.generate import fill_masks
-from gpt.result import remove_result, write_result
+from gpt.result import METRICS, remove_result, write_result
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +91,16 @@ class TrainingMetrics(L.Callback):
 
 
 class TextSamples(L.Callback):
-    """At the end of each validation, shows what the model does with text: a causal LM continues ``prompt``; a
-    masked LM fills the masks of a fixed validation example. Each sample goes to the log, and a table of every
+    """At the end of each validation, shows what the model does with text: a causal LM continues ``prompt`` (by
+    default a new line, or the first held-out prompt of data with answers); a masked LM fills the masks of a fixed
+    validation example. Each sample goes to the log, and a table of every
     sample so far (one row per validation) to each logger that takes text tables (W&B).
 
     Sampling uses its own seed, so it neither disturbs the training's random stream nor varies between runs."""
 
-    def __init__(self, prompt: str = "\n", max_new_tokens: int = 64, temperature: float = 0.8,
+    def __init__(self, prompt: str | None = None, max_new_tokens: int = 64, temperature: float = 0.8,
                  top_k: int | None = 50, seed: int = 1337):
-        if not prompt:
+        if prompt == "":
             raise UserError('callbacks.text_samples.prompt is empty; give a starting text such as "\\n"')
         self.prompt, self.max_new_tokens, self.temperature, self.top_k = prompt, max_new_tokens, temperature, top_k
         self.seed = seed
@@ -109,6 +110,9 @@ class TextSamples(L.Callback):
         datamodule = trainer.datamodule
         self.tokenizer = datamodule.tokenizer
         self.masked_example = datamodule.val_example() if datamodule.masks_tokens else None
+        if self.prompt is None:  # the first held-out prompt of data with answers, else a new line
+            answers = datamodule.held_out_answers()
+            self.prompt = answers[0][0] if answers else "\n"
         try:
             self.prompt_ids = self.tokenizer.encode(self.prompt)
         except UserError as e:
@@ -221,14 +225,19 @@ class Checkpoints(Checkpoint):
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         score = trainer.callback_metrics.get(self.monitor)
-        improved = score is not None and (float(score) < self.best_score if self.mode == "min"
-                                          else float(score) > self.best_score)
+        improved = self.improves(score)
         if improved:
             self.best_score, self.best_step = float(score), trainer.global_step
             self.best_model_path = str(self.dirpath / "best.ckpt")
             trainer.save_checkpoint(self.best_model_path)
         if improved or self.saved_step != trainer.global_step:
             self.save_last(trainer, link_to_best=improved)
+
+    def improves(self, score: torch.Tensor | None) -> bool:
+        """Whether ``score`` of the monitor beats the best so far."""
+        if score is None:
+            return False
+        return float(score) < self.best_score if self.mode == "min" else float(score) > self.best_score
 
     def save_last(self, trainer, link_to_best: bool = False) -> None:
         self.last_model_path, self.saved_step = str(self.dirpath / "last.ckpt"), trainer.global_step
@@ -250,6 +259,10 @@ class Checkpoints(Checkpoint):
         self.best_score, self.best_step = state_dict["best_score"], state_dict["best_step"]
         self.best_model_path = state_dict["best_model_path"]
         self.last_model_path = str(self.dirpath / "last.ckpt")
+
+
+def checkpoints_of(trainer) -> Checkpoints | None:
+    return next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, Checkpoints)), None)
 
 
 class StopOnSignal(L.Callback):
@@ -313,7 +326,7 @@ class StopOnSignal(L.Callback):
     def stop_if_requested(self, trainer, validated: L.LightningModule | None = None) -> None:
         if not self.requested(trainer):
             return
-        checkpoints = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, Checkpoints)), None)
+        checkpoints = checkpoints_of(trainer)
         saved = checkpoints is not None and not trainer.fast_dev_run
         if saved and validated:  # Lightning runs checkpoint callbacks after all others: save this validation's now
             checkpoints.on_validation_end(trainer, validated)
@@ -413,21 +426,17 @@ class StepProgress(ProgressBar):
 
 
 class RunResult(L.Callback):
-    """When fitting ends, writes the run's result to ``<output_dir>/result.json``: the best value of each validation
-    metric (``val_loss``; ``exact_match`` and ``digit_acc`` for checkable answers, ``mlm_acc`` for a masked LM), the
-    ``monitor`` of the checkpoints with its ``best`` value, ``best_step`` and ``best_checkpoint``, the ``steps``
-    trained, the ``parameters`` and the ``wall_s`` seconds; W&B gets them in its summary. A run stopped by a signal
+    """When fitting ends, writes the run's result to ``<output_dir>/result.json``: the validation metrics of the
+    best checkpoint's step (``val_loss``; ``exact_match`` and ``digit_acc`` for checkable answers, ``mlm_acc`` for a
+    masked LM), the ``monitor`` of the checkpoints with its ``best`` value, ``best_step`` and ``best_checkpoint``, the
+    ``steps`` trained, the ``parameters`` and the ``wall_s`` seconds; W&B gets them in its summary. A run stopped by a signal
     writes what it has, with ``stopped`` naming the signal. An older result is removed when fitting starts.
 
     Rank 0 of the processes that trained writes it, so the result reaches the caller even from the workers of
     ``ddp_spawn``."""
 
-    # each metric's name in result.json, and which of two values is the better
-    METRICS = {"val/loss": ("val_loss", min), "val/exact_match": ("exact_match", max),
-               "val/digit_acc": ("digit_acc", max), "val/mlm_acc": ("mlm_acc", max)}
-
     def __init__(self, output_dir: str | Path):
-        self.output_dir, self.started, self.best = output_dir, time.perf_counter(), {}
+        self.output_dir, self.started, self.at_best = output_dir, time.perf_counter(), {}
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.started = time.perf_counter()
@@ -435,11 +444,14 @@ class RunResult(L.Callback):
             remove_result(self.output_dir)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
+        """Keep the metrics of a validation that the checkpoints are about to keep as the best (Lightning runs
+        the checkpoint callbacks after this one)."""
+        checkpoints = checkpoints_of(trainer)
+        if trainer.sanity_checking or checkpoints is None:
             return
-        for metric, (key, better) in self.METRICS.items():
-            if (value := trainer.callback_metrics.get(metric)) is not None:
-                self.best[key] = better(self.best.get(key, float(value)), float(value))
+        if checkpoints.improves(trainer.callback_metrics.get(checkpoints.monitor)):
+            self.at_best = {key: float(trainer.callback_metrics[metric]) for metric, (key, _) in METRICS.items()
+                            if metric in trainer.callback_metrics}
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self.write(trainer, pl_module)
@@ -449,22 +461,24 @@ class RunResult(L.Callback):
             self.write(trainer, pl_module, stopped=exception.signal)
 
     def write(self, trainer, pl_module, **extra) -> None:
-        checkpoints = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, Checkpoints)), None)
+        checkpoints = checkpoints_of(trainer)
         if not trainer.is_global_zero or checkpoints is None or checkpoints.best_step is None:
             return
-        result = {**self.best, "monitor": checkpoints.monitor, "best": checkpoints.best_score,
-                  "best_step": checkpoints.best_step, "steps": trainer.global_step,
+        monitored = METRICS[checkpoints.monitor][0] if checkpoints.monitor in METRICS else checkpoints.monitor
+        result = {**self.at_best, monitored: checkpoints.best_score, "monitor": checkpoints.monitor,
+                  "best": checkpoints.best_score, "best_step": checkpoints.best_step, "steps": trainer.global_step,
                   "parameters": pl_module.model.count_parameters(),
-                  "wall_s": round(time.perf_counter() - self.started, 1), "best_checkpoint": checkpoints.best_model_path, **extra}
+                  "wall_s": round(time.perf_counter() - self.started, 1),
+                  "best_checkpoint": checkpoints.best_model_path, **extra}
         write_result(self.output_dir, result)
+        at_best = {f"best_{key}": result[key] for key, _ in METRICS.values() if key in result}
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):  # the runs table of the project page, and the run's end, show these
-                logger.experiment.summary.update({f"best_{key}": result[key] for key, _ in self.METRICS.values()
-                                                  if key in result} | {key: result[key] for key in (
-                                                      "parameters", "best_step", "steps", "wall_s")})
+                logger.experiment.summary.update(at_best | {key: result[key] for key in (
+                    "parameters", "best_step", "steps", "wall_s", "stopped") if key in result})
 
     def state_dict(self) -> dict:
-        return {"best": self.best}
+        return {"at_best": self.at_best}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.best = state_dict["best"]
+        self.at_best = state_dict["at_best"]

@@ -199,7 +199,8 @@ class RunDirectory(Callback):
                 check_run_dir(config.hydra.run.dir, resuming=bool(config.get("ckpt_path")),
                               overwrite=bool(config.get("overwrite")))
                 if config.get("ckpt_path"):
-                    check_resume(config.ckpt_path, config.hydra.run.dir, config.model)
+                    check_resume(config.ckpt_path, config.hydra.run.dir, config.model,
+                                 config.callbacks.get("checkpoints"))
 
     def on_multirun_start(self, config, **kwargs) -> None:
         check_writable(config.hydra.sweep.dir, "hydra.sweep.dir")
@@ -210,15 +211,21 @@ class RunDirectory(Callback):
                      "hydra.sweep.dir=..., or start over with overwrite=true")
 
 
-def check_resume(ckpt_path: str, run_dir: str, model: DictConfig) -> None:
-    """A resumed run's checkpoint is there and holds the configured model: a failed resume leaves the run's files as
-    they were. (A quick look at the checkpoint's record; train() then reads and checks the whole file.)"""
+def check_resume(ckpt_path: str, run_dir: str, model: DictConfig, checkpoints: DictConfig | None) -> None:
+    """A resumed run's checkpoint is there, holds the configured model and kept its best by the same monitor: a
+    failed resume leaves the run's files as they were. (A quick look at the checkpoint's record; train() then reads
+    and checks the whole file.)"""
     from hydra.utils import instantiate
 
     from gpt.checkpoint import check_same_model, resume_checkpoint
 
     path, _, record = resume_checkpoint(ckpt_path, run_dir, verify=False)
     check_same_model(record, instantiate(model, vocab_size=1), f"ckpt_path={path}")
+    kept = (record.config.get("callbacks") or {}).get("checkpoints") or {}
+    for key in ("monitor", "mode"):  # a run kept by a loss and then by an accuracy would compare one with the other
+        if checkpoints and key in kept and kept[key] != checkpoints.get(key):
+            fail(f"ckpt_path={path} kept its best checkpoint by callbacks.checkpoints.{key}={kept[key]}, not "
+                 f"{checkpoints.get(key)}; resume with the options it was trained with (its experiment=, if any)")
 
 
 def check_train(cfg: DictConfig) -> None:

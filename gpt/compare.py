@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from gpt.result import read_result
+from gpt.result import METRICS
 
 # overrides that say where or how a run happens, not what it is: they never name a run
 WHERE_OR_HOW_KEYS = {"ckpt_path", "overwrite"}
@@ -30,7 +30,7 @@ WHERE_OR_HOW_PREFIXES = ("hydra.", "paths.")
 
 
 # what a run can be compared by: its name in result.json, and which of two values is the better
-METRICS = {"val/loss": ("val_loss", min), "val/exact_match": ("exact_match", max)}
+DRAWN = ("val/loss", "val/exact_match")  # the metrics drawn, where the runs have them
 
 
 @dataclass
@@ -62,12 +62,11 @@ def load_run(path: Path) -> Run:
     run = Run(path, read_overrides(path))
     with open(path / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    result = read_result(path)
-    for metric, (key, better) in METRICS.items():
+    for metric in DRAWN:
         points = [(int(row["step"]), float(row[metric])) for row in rows if row.get(metric)]
         if points:
             run.curves[metric] = ([step for step, _ in points], [value for _, value in points])
-            run.best[metric] = result.get(key, better(value for _, value in points))
+            run.best[metric] = (max if METRICS[metric][1] == "max" else min)(value for _, value in points)
     return run
 
 
@@ -244,7 +243,8 @@ def compare(paths: list[Path], out: Path | None = None, x: str | None = None, li
     """Both figures of every metric the runs have."""
     runs = find_runs(paths)
     out, written = out or paths[0], []
-    for metric, (name, _) in METRICS.items():
+    for metric in DRAWN:
+        name = METRICS[metric][0]
         if any(metric in run.curves for run in runs):
             written.append(save(curves_figure(runs, metric), out / f"{name}_curves.png"))
             if swept(runs) or x:

@@ -208,7 +208,7 @@ class ExamplesDataModule(TokenDataModule):
     def val_dataset(self) -> Examples:
         return self.dataset(self.prepared.n_train_examples, self.prepared.n_examples)
 
-    def collate(self, seed: int | None, dataset: Examples | None = None) -> PadCollate:
+    def collate(self, seed: int | None, dataset: Examples) -> PadCollate:
         """How the examples of ``dataset`` become a batch; ``seed``: the same masks at every evaluation."""
         tok = self.tokenizer
         pad_id = tok.pad_id if tok.pad_id is not None else 0  # any id: padding is masked out and has no label
@@ -220,7 +220,8 @@ class ExamplesDataModule(TokenDataModule):
 
     def val_example(self) -> dict[str, torch.Tensor]:
         """The first validation example as a batch of one, masked as at every evaluation."""
-        return self.collate(self.seed)([self.val_dataset()[0]])
+        dataset = self.val_dataset()
+        return self.collate(self.seed, dataset)([dataset[0]])
 
     def train_dataloader(self) -> DataLoader:
         # whole batches only: a last smaller one would be another shape for a compiled model

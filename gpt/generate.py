@@ -29,7 +29,9 @@ class GenerationMixin:
         of ``suppress_ids`` (such as ``[PAD]``, ``[MASK]``) are never generated. Batching and the KV cache past
         ``block_size``: see the class docstring."""
         idx, mask = left_pad(prompts, next(self.parameters()).device)
-        prompt_width, cache = idx.size(1), self.new_cache(idx.size(0)) if use_cache else None
+        prompt_width = idx.size(1)
+        # room for the tokens that will be fed while the sequence fits the context: no more
+        cache = self.new_cache(idx.size(0), min(self.block_size, prompt_width + max_new_tokens)) if use_cache else None
         padded = not bool(mask.all())  # without padding, attention needs no mask tensor
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):

@@ -24,7 +24,8 @@ class TokenModel(GenerationMixin, nn.Module):
     - ``forward(idx, labels=...)`` returns the mean loss instead: computed inside the model, the loss is part of
       the compiled graph when the training step compiles the model, so the logits are never copied to float32;
     - ``flops_per_token``, ``param_groups`` (weight decay and μP's learning-rate scales), ``count_parameters``;
-    - ``new_cache``: a KV cache for generation, or None where the model has none;
+    - ``new_cache(batch, length)``: a KV cache for generation of up to ``length`` tokens, or None where the model
+      has none;
     - its repeated blocks are ``WrapUnit``s: FSDP shards them one by one, activation checkpointing recomputes them."""
 
     def __init__(self, config: ModelConfig):
@@ -53,7 +54,7 @@ class TokenModel(GenerationMixin, nn.Module):
                positions: torch.Tensor | None = None, cache=None) -> torch.Tensor:
         raise NotImplementedError
 
-    def new_cache(self, batch: int):
+    def new_cache(self, batch: int, length: int):
         return None
 
     def count_parameters(self) -> int:

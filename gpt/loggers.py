@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from gpt import UserError
 from gpt.compat import drop_wandb_anonymous_setting
 from gpt.context import sweep_dir
+from gpt.result import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,7 @@ def start_run(logger: WandbLogger) -> None:
     drop_wandb_anonymous_setting(logger)
     run = logger.experiment  # starts the run (on rank 0)
     if rank_zero_only.rank == 0:
-        for metric, summary in (("val/loss", "min"), ("val/mlm_acc", "max"), ("val/exact_match", "max"),
-                                ("val/digit_acc", "max")):  # the runs table shows the best
+        for metric, (_, summary) in METRICS.items():  # the runs table shows the best
             run.define_metric(metric, step_metric="trainer/global_step", summary=summary)
 
 

@@ -179,9 +179,9 @@ class GPT(TokenModel):
         c = self.config
         return 18 * c.n_layer * c.n_embd + 3 * c.padded_vocab_size
 
-    def new_cache(self, batch: int) -> KVCache:
+    def new_cache(self, batch: int, length: int) -> KVCache:
         c, weight = self.config, self.wte.weight
-        return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.head_dim, weight.device, weight.dtype)
+        return KVCache(c.n_layer, batch, c.n_head, length, c.head_dim, weight.device, weight.dtype)
 
     def logits(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
                positions: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:

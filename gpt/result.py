@@ -7,6 +7,9 @@ from pathlib import Path
 from gpt.files import atomic_write_text
 
 RESULT_FILE = "result.json"
+# the validation metrics a run may log: each one's key in result.json, and which way is better
+METRICS = {"val/loss": ("val_loss", "min"), "val/exact_match": ("exact_match", "max"),
+           "val/digit_acc": ("digit_acc", "max"), "val/mlm_acc": ("mlm_acc", "max")}
 
 
 def write_result(output_dir: str | Path, result: dict) -> None:

@@ -1,8 +1,10 @@
 """Tasks with a checkable answer: prompt -> answer examples whose loss is on the answer only, synthetic arithmetic
 whose test problems never occur in training, exact match checked by generating each answer, int8 weights."""
 
+import csv
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -91,6 +93,8 @@ def test_arithmetic_that_cannot_make_enough_problems_is_one_line(tmp_path):
         "error: data.digits=1 makes only 100 distinct problems, fewer than data.train_examples=20,000 + "
         "data.test_examples=1,000; use more digits or fewer examples")
     assert not (tmp_path / "run").exists()
+    with pytest.raises(UserError, match="data.digits=10 is more than this generator draws; use at most 9 digits"):
+        problems("+", 10, "plain", 10, 10, seed=1)
 
 
 class Oracle(TokenModel):
@@ -151,9 +155,12 @@ def test_exact_match_is_logged_kept_summarised_and_drawn(arithmetic_sweep):
     sweep_dir, result = arithmetic_sweep
     job = read_result(sweep_dir / "0")
     assert job["monitor"] == "val/exact_match" and 0 <= job["best"] == job["exact_match"] <= 1
-    assert 0 <= job["digit_acc"] <= 1 and job["val_loss"] > 0
-    metrics = (sweep_dir / "0" / "metrics.csv").read_text()
-    assert "val/exact_match" in metrics and "val/digit_acc" in metrics
+    with open(sweep_dir / "0" / "metrics.csv", newline="") as f:
+        validations = {int(row["step"]): row for row in csv.DictReader(f) if row["val/exact_match"]}
+    at_best = validations[job["best_step"]]  # result.json: the metrics of the best checkpoint's step
+    assert job["exact_match"] == pytest.approx(float(at_best["val/exact_match"]))
+    assert job["val_loss"] == pytest.approx(float(at_best["val/loss"]))
+    assert job["digit_acc"] == pytest.approx(float(at_best["val/digit_acc"]))
     assert "best exact match first" in result.stdout and " exact " in result.stdout
     assert (sweep_dir / "best_exact_match.png").is_file() and (sweep_dir / "exact_match_curves.png").is_file()
 
@@ -164,5 +171,26 @@ def test_sample_prints_the_answer_alone_and_runs_int8(arithmetic_sweep):
         result = run_script("sample.py", f"ckpt_path={ckpt}", "prompt=12+34=", "answer_only=true", "temperature=0",
                             "max_new_tokens=4", *extra)
         assert result.returncode == 0, result.stderr
-        answer = result.stdout.split("--- sample 1\n")[1].rstrip("\n")
-        assert len(answer) <= 4 and "=" not in answer and "<|endoftext|>" not in answer
+        answer = result.stdout.rstrip("\n")  # the answer alone
+        assert len(answer) <= 4 and "=" not in answer and "<|endoftext|>" not in answer and "sample" not in answer
+
+
+def test_a_resume_keeps_the_monitor_of_the_best_checkpoint(arithmetic_sweep, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(arithmetic_sweep[0] / "1", run, symlinks=True)
+    before = sorted(p.name for p in run.rglob("*"))
+    result = run_script("train.py", "data=arithmetic", "model.n_layer=1", "model.n_embd=32", "model.n_head=4",
+                        "model.block_size=16", "ckpt_path=last", f"hydra.run.dir={run}")
+    assert result.returncode == 2 and result.stderr.strip().endswith(
+        "kept its best checkpoint by callbacks.checkpoints.monitor=val/exact_match, not val/loss; resume with the "
+        "options it was trained with (its experiment=, if any)")
+    assert sorted(p.name for p in run.rglob("*")) == before
+
+
+def test_the_default_sample_prompt_of_answers_is_a_held_out_prompt(tmp_path):
+    result = run_script("train.py", "data=arithmetic", "data.digits=2", "data.train_examples=500",
+                        "data.test_examples=20", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
+                        "model.block_size=16", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
+                        f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path / 'data'}")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"sample at step 2: '\d\d\+\d\d=", (tmp_path / "run" / "train.log").read_text())
