@@ -1,6 +1,7 @@
 """Train a model: ``python train.py [overrides]`` (see README.md)."""
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from gpt.checks import TRAIN
@@ -9,7 +10,7 @@ from gpt.cli import check_command_line, check_config, check_train, report_user_e
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with report_user_errors():
+    with report_user_errors(run_dir=HydraConfig.get().runtime.output_dir):
         check_config(cfg, "python train.py", TRAIN)
         # imported once the config is checked: a mistake is found without waiting seconds for torch and Lightning,
         # and Lightning's warnings go to the run's log

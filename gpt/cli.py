@@ -20,7 +20,7 @@ from gpt.arithmetic import check_arithmetic
 from gpt.checks import RENAMED, Rule, check_init_from, check_model, check_values
 from gpt.compat import hydra_error_key
 from gpt.context import in_multirun, is_rank_zero
-from gpt.rundir import check_run_dir
+from gpt.rundir import check_run_dir, remove_unstarted_run
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # config groups that need an extra package, and the command that installs it
@@ -29,10 +29,11 @@ EXTRAS = {"hydra/sweeper/optuna": ("sweep=optuna", "optuna"),
 
 
 @contextmanager
-def report_user_errors():
+def report_user_errors(run_dir: str | None = None):
     """Turn a UserError (also one raised inside Hydra's instantiate), a library's refusal of a value given to it
     through instantiate, or a diverged single run into one line on stderr and exit status 2; a stopped run into its
-    message and 128 + the signal's number. HYDRA_FULL_ERROR=1 shows the traceback instead."""
+    message and 128 + the signal's number. HYDRA_FULL_ERROR=1 shows the traceback instead. A single run refused
+    before it trains removes ``run_dir`` if it holds only Hydra's record and the log of this command."""
     try:
         yield
     except RunStopped as stop:
@@ -46,6 +47,8 @@ def report_user_errors():
         cause = e if isinstance(e, UserError) else e.__cause__
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or cause is None:
             raise
+        if run_dir and not in_multirun() and is_rank_zero():
+            remove_unstarted_run(run_dir)
         fail(str(cause) if isinstance(cause, UserError) else refused_value(e))
 
 

@@ -5,6 +5,8 @@
 - A new run (not a resume, ``ckpt_path=``) does not start in a directory that holds a run: its checkpoints, its
   ``metrics.csv`` or its ``result.json``. ``overwrite=true`` starts over, removing them.
 - The owner removes the half-written files (``.*.tmp``) of earlier processes that were killed while saving.
+- A command refused before it trains (bad data, say) leaves no directory behind that holds only Hydra's record of
+  it and its log.
 """
 
 import os
@@ -18,6 +20,20 @@ from gpt import UserError
 
 LOCK_FILE = ".run.lock"
 RUN_FILES = ("checkpoints", "metrics.csv", "result.json")
+STARTING_FILES = (".hydra", "train.log")  # what Hydra writes as a run starts
+
+
+def remove_unstarted_run(directory: str | Path) -> None:
+    """Remove ``directory`` if it holds nothing but what Hydra wrote as the command started."""
+    directory = Path(directory)
+    if not directory.is_dir() or any(path.name not in STARTING_FILES for path in directory.iterdir()):
+        return
+    shutil.rmtree(directory / ".hydra", ignore_errors=True)
+    (directory / "train.log").unlink(missing_ok=True)
+    try:
+        directory.rmdir()
+    except OSError:  # something new came in meanwhile: leave it
+        pass
 
 
 def holder(directory: Path) -> str | None:

@@ -62,11 +62,14 @@ def test_a_bad_jsonl_line_is_named_before_anything_is_written(tmp_path, line, me
     assert not (tmp_path / "cache").exists()
 
 
-def test_a_prompt_longer_than_the_context_is_refused(tmp_path):
-    data = AnswersDataModule(str(jsonl(tmp_path, QA * 5)), str(tmp_path / "cache"), block_size=4, batch_size=4)
-    data.prepare_data()
-    with pytest.raises(UserError, match="raise model.block_size"):
-        data.setup()
+def test_a_prompt_longer_than_the_context_is_refused_and_leaves_no_run(tmp_path):
+    path = jsonl(tmp_path, QA * 5)
+    result = run_script("train.py", "data=jsonl", f"data.text_path={path}", "model.block_size=6",
+                        f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path / 'data'}")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: 10 example(s) are longer than model.block_size=6 tokens with their end token, the first example 2 "
+        f"of {path} (9 tokens); raise model.block_size or shorten them")
+    assert not (tmp_path / "run").exists()
 
 
 def test_test_problems_never_occur_in_training(tmp_path):
