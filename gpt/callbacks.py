@@ -429,8 +429,8 @@ class RunResult(L.Callback):
     """When fitting ends, writes the run's result to ``<output_dir>/result.json``: the validation metrics of the
     best checkpoint's step (``val_loss``; ``exact_match`` and ``digit_acc`` for checkable answers, ``mlm_acc`` for a
     masked LM), the ``monitor`` of the checkpoints with its ``best`` value, ``best_step`` and ``best_checkpoint``, the
-    ``steps`` trained, the ``parameters`` and the ``wall_s`` seconds; W&B gets them in its summary. A run stopped by a signal
-    writes what it has, with ``stopped`` naming the signal. An older result is removed when fitting starts.
+    ``steps`` trained, the ``parameters`` and the ``wall_s`` seconds; W&B gets them in its summary. A run stopped by
+    a signal writes what it has, with ``stopped`` naming the signal. An older result is removed when fitting starts.
 
     Rank 0 of the processes that trained writes it, so the result reaches the caller even from the workers of
     ``ddp_spawn``."""

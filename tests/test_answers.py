@@ -154,6 +154,7 @@ def arithmetic_sweep(tmp_path_factory):
     return sweep_dir, result
 
 
+@pytest.mark.smoke
 def test_exact_match_is_logged_kept_summarised_and_drawn(arithmetic_sweep):
     sweep_dir, result = arithmetic_sweep
     job = read_result(sweep_dir / "0")

@@ -78,6 +78,7 @@ def run_block(marker: str, commands: list[str], tmp_path: Path) -> None:
 RUN_BLOCKS = [(marker, commands) for marker, commands in command_blocks() if marker.startswith("run")]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("marker, commands", RUN_BLOCKS, ids=[commands[0][:60] for _, commands in RUN_BLOCKS])
 def test_readme_blocks_marked_to_run_run(marker, commands, tmp_path):
     run_block(marker, commands, tmp_path)

@@ -18,6 +18,7 @@ def read_metrics(run_dir):
     return train, val
 
 
+@pytest.mark.smoke
 def test_training_writes_checkpoints_config_and_metrics(tiny_run):
     assert (tiny_run / "checkpoints" / "best.ckpt").is_file()
     assert (tiny_run / "checkpoints" / "last.ckpt").is_file()
@@ -27,6 +28,7 @@ def test_training_writes_checkpoints_config_and_metrics(tiny_run):
     assert val[-1] < 3.5 and train[-1] < train[0]  # it learned something (uniform over 68 tokens is 4.22)
 
 
+@pytest.mark.smoke
 def test_sample_from_checkpoint(tiny_run):
     result = run_script("sample.py", f"ckpt_path={tiny_run / 'checkpoints' / 'best.ckpt'}", "prompt=ROMEO:",
                         "num_samples=2", "max_new_tokens=50", "temperature=0.8", "top_k=50", "seed=1")
