@@ -23,6 +23,7 @@ from gpt.configs import GPTConfig, ModelConfig
 from gpt.corpus import PreparedData, prepare_windows
 from gpt.lm import CausalLM
 from gpt.result import read_result
+from gpt.training import quiet_libraries
 
 from conftest import REPO, SHAKESPEARE, SHORT_RUN, TINY_GPT, run_script, train_tiny
 
@@ -222,6 +223,7 @@ def test_a_stop_during_a_validation_keeps_that_validations_best_checkpoint(tmp_p
                         stop], logger=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, default_root_dir=tmp_path)
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    quiet_libraries()
     with stop.installed(), pytest.raises(RunStopped):
         trainer.fit(lm, train_dataloaders=loader, val_dataloaders=loader)
     assert step_of(tmp_path / "best.ckpt") == 2 and os.readlink(tmp_path / "last.ckpt") == "best.ckpt"
