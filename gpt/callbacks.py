@@ -481,4 +481,4 @@ class RunResult(L.Callback):
         return {"at_best": self.at_best}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.at_best = state_dict["at_best"]
+        self.at_best = state_dict.get("at_best", {})

@@ -47,7 +47,7 @@ def report_user_errors(run_dir: str | None = None):
         cause = e if isinstance(e, UserError) else e.__cause__
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or cause is None:
             raise
-        if run_dir and not in_multirun() and is_rank_zero():
+        if run_dir and Path(run_dir).resolve() in RunDirectory.created and is_rank_zero():
             remove_unstarted_run(run_dir)
         fail(str(cause) if isinstance(cause, UserError) else refused_value(e))
 
@@ -195,7 +195,11 @@ class RunDirectory(Callback):
     written, a directory that another live run holds, or one that holds an earlier run that this command would
     overwrite, is one line, and nothing is written."""
 
+    created: set[Path] = set()  # the run directories that this command's single run creates
+
     def on_run_start(self, config, **kwargs) -> None:
+        if not Path(config.hydra.run.dir).exists():
+            RunDirectory.created.add(Path(config.hydra.run.dir).resolve())
         check_writable(config.hydra.run.dir, "hydra.run.dir")
         if is_rank_zero() and not config.trainer.get("fast_dev_run"):
             with report_user_errors():
@@ -203,7 +207,7 @@ class RunDirectory(Callback):
                               overwrite=bool(config.get("overwrite")))
                 if config.get("ckpt_path"):
                     check_resume(config.ckpt_path, config.hydra.run.dir, config.model,
-                                 config.callbacks.get("checkpoints"))
+                                 (config.get("callbacks") or {}).get("checkpoints"))
 
     def on_multirun_start(self, config, **kwargs) -> None:
         check_writable(config.hydra.sweep.dir, "hydra.sweep.dir")
@@ -225,10 +229,11 @@ def check_resume(ckpt_path: str, run_dir: str, model: DictConfig, checkpoints: D
     path, _, record = resume_checkpoint(ckpt_path, run_dir, verify=False)
     check_same_model(record, instantiate(model, vocab_size=1), f"ckpt_path={path}")
     kept = (record.config.get("callbacks") or {}).get("checkpoints") or {}
-    for key in ("monitor", "mode"):  # a run kept by a loss and then by an accuracy would compare one with the other
-        if checkpoints and key in kept and kept[key] != checkpoints.get(key):
+    for key, default in (("monitor", "val/loss"), ("mode", "min")):  # a loss would be compared with an accuracy
+        given = checkpoints.get(key, default) if checkpoints else None
+        if checkpoints and key in kept and kept[key] != given:
             fail(f"ckpt_path={path} kept its best checkpoint by callbacks.checkpoints.{key}={kept[key]}, not "
-                 f"{checkpoints.get(key)}; resume with the options it was trained with (its experiment=, if any)")
+                 f"{given}; resume with the options it was trained with (its experiment=, if any)")
 
 
 def check_train(cfg: DictConfig) -> None:

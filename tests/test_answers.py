@@ -70,6 +70,10 @@ def test_a_prompt_longer_than_the_context_is_refused_and_leaves_no_run(tmp_path)
         f"error: 10 example(s) are longer than model.block_size=6 tokens with their end token, the first example 2 "
         f"of {path} (9 tokens); raise model.block_size or shorten them")
     assert not (tmp_path / "run").exists()
+    (tmp_path / "mine").mkdir()  # a directory that was there before the command is left alone
+    run_script("train.py", "data=jsonl", f"data.text_path={path}", "model.block_size=6",
+               f"hydra.run.dir={tmp_path / 'mine'}", f"paths.data_dir={tmp_path / 'data'}")
+    assert (tmp_path / "mine" / "train.log").is_file()
 
 
 def test_test_problems_never_occur_in_training(tmp_path):
