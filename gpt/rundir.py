@@ -59,7 +59,13 @@ def alive(pid: int) -> bool:
 
 
 def run_files(directory: Path) -> list[str]:
-    return [name for name in RUN_FILES if (directory / name).exists()]
+    """What an earlier run left there; a ``metrics.csv`` of its header alone (a run stopped before its first logged
+    step) holds nothing to keep."""
+    return [name for name in RUN_FILES if (directory / name).exists() and not header_only(directory / name)]
+
+
+def header_only(path: Path) -> bool:
+    return path.name == "metrics.csv" and path.stat().st_size < 4096 and len(path.read_text().splitlines()) <= 1
 
 
 def check_run_dir(directory: str | Path, resuming: bool, overwrite: bool) -> None:

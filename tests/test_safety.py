@@ -103,6 +103,13 @@ def test_a_model_is_rebuilt_from_known_classes_and_typed_values_only(record, mes
 # --------------------------------------------------------------------------- one owner, never silently overwritten
 
 
+def test_a_run_refused_before_its_first_logged_step_can_be_started_again(tmp_path):
+    run = tmp_path / "run"
+    line = one_error_line(train_tiny(run, 'callbacks.text_samples.prompt="é"'))  # found as training starts
+    assert "callbacks.text_samples.prompt: characters not in the tokenizer's vocabulary: 'é'" in line
+    assert train_tiny(run, "trainer.max_steps=2").returncode == 0  # the same command, the prompt fixed
+
+
 def test_a_finished_run_is_never_overwritten_by_a_new_one(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path)
     before = snapshot(run)
