@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from gpt import UserError
 from gpt.bpe import ENDOFTEXT
-from gpt.files import atomic_write_text, atomic_writer, exclusive
+from gpt.files import atomic_write_text, atomic_writer, exclusive, remove_temporary_files
 from gpt.tokenizers import Tokenizer, check_tokenizer_options, fit_tokenizer, tokenizer_from_dict
 
 log = logging.getLogger(__name__)
@@ -261,13 +261,6 @@ def content_hash(files: list[Path]) -> str:
             while block := f.read(1 << 20):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def remove_temporary_files(directory: Path) -> None:
-    """The half-written files (``gpt.files.atomic_writer``) of processes killed while writing in ``directory``;
-    call it while owning the directory."""
-    for leftover in directory.glob(".*.tmp"):
-        leftover.unlink(missing_ok=True)
 
 
 def fit(kind: str, train_texts: Callable[[], Iterable[str]], all_texts: Callable[[], Iterable[str]],

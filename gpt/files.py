@@ -27,6 +27,13 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
         tmp.unlink(missing_ok=True)
 
 
+def remove_temporary_files(directory: Path) -> None:
+    """The half-written files of ``atomic_writer`` that processes killed while writing left in ``directory``; call
+    it while owning the directory."""
+    for leftover in directory.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_writer(path) as f:
         f.write(text.encode("utf-8"))

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gpt import UserError
+from gpt.files import remove_temporary_files
 
 LOCK_FILE = ".run.lock"
 RUN_FILES = ("checkpoints", "metrics.csv", "result.json")
@@ -89,8 +90,8 @@ def owned(directory: str | Path, resuming: bool, overwrite: bool) -> Iterator[No
     take_lock(directory)
     try:
         check_run_dir(directory, resuming, overwrite)
-        for leftover in [*directory.glob(".*.tmp"), *directory.glob("checkpoints/.*.tmp")]:
-            leftover.unlink(missing_ok=True)
+        for written in (directory, directory / "checkpoints"):
+            remove_temporary_files(written)
         if overwrite and not resuming:
             for path in (directory / name for name in run_files(directory)):
                 if path.is_dir():
