@@ -113,13 +113,18 @@ def check_command_line(config_name: str, rules: dict[str, Rule], args: list[str]
     overrides = [arg for arg in args if arg not in ("-m", "--multirun")]
     with report_user_errors():
         try:
-            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-                cfg = compose(config_name, overrides=first_of_each_sweep(overrides))
+            cfg = compose_probe(config_name, overrides)
         except HydraException as e:
             raise UserError(hydra_error(e, config_name, overrides)) from None
         check_config(cfg, f"python {config_name}.py", rules)
         if also:
             also(cfg)
+
+
+def compose_probe(config_name: str, overrides: list[str]) -> DictConfig:
+    """The config as Hydra will compose it, with the first value of each sweep."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name, overrides=first_of_each_sweep(overrides))
 
 
 def first_of_each_sweep(overrides: list[str]) -> list[str]:
@@ -170,8 +175,7 @@ def unknown_key(key: str, config_name: str, overrides: list[str]) -> str:
 def config_keys(config_name: str, overrides: list[str]) -> list[str]:
     """Every dotted key of the composed config (without Hydra's own)."""
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name, overrides=first_of_each_sweep(overrides))
+        cfg = compose_probe(config_name, overrides)
     except HydraException:
         return []
     keys = []
