@@ -35,6 +35,8 @@ _GPT2_FILE_HASHES = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
 }
+# the pre-tokenizers an encoding may be saved with: GPT-2's is the one train_bpe uses
+KNOWN_PATTERNS = (GPT2_PATTERN,)
 _FILE_FORMAT = "gpt-bpe"
 _FILE_VERSION = 1
 
@@ -314,12 +316,15 @@ def encoding_from_dict(data: dict) -> BPEEncoding:
 def _encoding_from_dict(data: dict) -> BPEEncoding:
     if data.get("format") != _FILE_FORMAT or data.get("version") != _FILE_VERSION:
         raise ValueError(f"expected format {_FILE_FORMAT!r} version {_FILE_VERSION}")
+    if data["pattern"] not in KNOWN_PATTERNS:
+        # tiktoken drops the text a pattern does not match, and a crafted one can exhaust the regex engine
+        raise ValueError(f"pattern {str(data['pattern'])[:40]!r} is not the pre-tokenizer this project writes")
     mergeable_ranks = _ranks_from_pairs(data["mergeable_ranks"], _decode_token)
     special_tokens = _ranks_from_pairs(data["special_tokens"], _checked_special)
     _check_vocabulary(mergeable_ranks, special_tokens)
     return BPEEncoding(
         name=_checked_str(data["name"], "name"),
-        pat_str=_checked_str(data["pattern"], "pattern"),
+        pat_str=data["pattern"],
         mergeable_ranks=mergeable_ranks,
         special_tokens=special_tokens,
     )
@@ -367,10 +372,13 @@ def _checked_str(value: object, what: str) -> str:
 
 
 def _check_vocabulary(mergeable_ranks: dict[bytes, int], special_tokens: dict[str, int]) -> None:
-    # tiktoken aborts the process (a Rust panic) on duplicate ranks, so check them here.
+    # tiktoken aborts the process (a Rust panic) on duplicate ranks, and sizes its tables by the largest rank:
+    # the ranks must be 0 .. n-1, as train_bpe numbers them
     ranks = list(mergeable_ranks.values()) + list(special_tokens.values())
     if len(set(ranks)) != len(ranks):
         raise ValueError("duplicate ranks")
+    if max(ranks, default=-1) != len(ranks) - 1:
+        raise ValueError(f"ranks must be 0 to {len(ranks) - 1}, one per token; the largest is {max(ranks)}")
     missing_bytes = [b for b in range(256) if bytes([b]) not in mergeable_ranks]
     if missing_bytes:
         raise ValueError(f"{len(missing_bytes)} of the 256 single-byte tokens are missing")

@@ -9,10 +9,13 @@ Loading never runs anything stored in a file: ``torch.load`` reads tensors and p
 import logging
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.nn.modules.module import (register_module_buffer_registration_hook,
+                                     register_module_parameter_registration_hook)
 
 from gpt import UserError
 from gpt.checks import check_init_from
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 
 RECORD_KEY = "gpt"
 CHECKSUM_KEY = "tensor_checksum"
+CHANGED = "the file was changed after train.py wrote it"  # how a refused checkpoint's error ends
 # checkpoints written before the model record had the Hydra node of the model, named by its config class then
 RENAMED_CONFIG_CLASSES = {"gpt.model.GPTConfig": "gpt.configs.GPTConfig",
                           "gpt.model.BigramConfig": "gpt.configs.BigramConfig"}
@@ -35,12 +39,14 @@ RENAMED_CONFIG_CLASSES = {"gpt.model.GPTConfig": "gpt.configs.GPTConfig",
 class CheckpointRecord:
     """What train.py stores in a checkpoint beside the weights: the model's config, the tokenizer (as
     ``Tokenizer.to_dict()``), the run's resolved config (for people to read; never instantiated) and the W&B run id,
-    which a resumed run continues."""
+    which a resumed run continues. ``older_format``: read from a checkpoint written before records had a model
+    (main at e454eb4), which carries no checksum."""
 
     model: ModelConfig
     tokenizer: dict
     config: dict = field(default_factory=dict)
     wandb_id: str | None = None
+    older_format: bool = False
 
     def write_into(self, checkpoint: dict) -> None:
         checkpoint[RECORD_KEY] = {"model": self.model.to_record(), "tokenizer": self.tokenizer, "config": self.config,
@@ -55,23 +61,30 @@ class CheckpointRecord:
         config, wandb_id = data.get("config", {}), data.get("wandb_id")
         if not isinstance(config, dict) or not isinstance(wandb_id, (str, type(None))):
             raise UserError(f"{where}: its run config or W&B id is not of the type train.py writes")
-        model = data["model"] if "model" in data else old_model_record(config, data["tokenizer"], where)
-        return cls(ModelConfig.from_record(model, where), data["tokenizer"], config, wandb_id)
+        try:
+            tokenizer = tokenizer_from_dict(data["tokenizer"], fix=CHANGED)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        older = "model" not in data
+        model = ModelConfig.from_record(old_model_record(config, tokenizer) if older else data["model"], where)
+        if tokenizer.vocab_size != model.vocab_size:
+            raise UserError(f"{where}: its {tokenizer.kind} tokenizer has {tokenizer.vocab_size} tokens but its model "
+                            f"record a vocabulary of {model.vocab_size}; the file was changed after train.py wrote it")
+        return cls(model, data["tokenizer"], config, wandb_id, older)
 
     def build_tokenizer(self) -> Tokenizer:
         return tokenizer_from_dict(self.tokenizer)
 
 
-def old_model_record(config: dict, tokenizer: dict, where: str) -> dict:
+def old_model_record(config: dict, tokenizer: Tokenizer) -> dict | None:
     """The model record of a checkpoint written before records had one: its run config's model node (whose
     ``_target_`` names the config class: looked up, never imported) and the tokenizer's vocabulary size."""
     node = config.get("model")
     if not isinstance(node, dict):
-        raise UserError(f"{where}: the checkpoint has no model config")
+        return None  # ModelConfig.from_record says the record is not one
     name = node.get("_target_")
     fields = {key: value for key, value in node.items() if key != "_target_"}
-    return {"class": RENAMED_CONFIG_CLASSES.get(name, name),
-            "fields": {**fields, "vocab_size": tokenizer_from_dict(tokenizer).vocab_size}}
+    return {"class": RENAMED_CONFIG_CLASSES.get(name, name), "fields": {**fields, "vocab_size": tokenizer.vocab_size}}
 
 
 # --------------------------------------------------------------------------- the file: written whole, checked on load
@@ -131,7 +144,14 @@ def tensors_in(value) -> Iterator[torch.Tensor]:
 
 def load_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict, CheckpointRecord]:
     """(the checkpoint, its record), or a UserError naming what is wrong with the file. ``verify=False`` maps the
-    tensors instead of reading them, and skips the checksum: a quick look at the record."""
+    tensors instead of reading them, and skips the checksum: a quick look at the record.
+
+    What is checked, and what it promises: the file holds tensors and plain values only; its record names a model
+    class defined in code, with every field of its type; its tokenizer is well formed and as large as the model's
+    vocabulary; its weights have the names and shapes of the model the record describes (compared before the model
+    is built); and the CRC-32 of its tensors matches the one saved with them. The CRC detects corruption (a bad disk,
+    a cut copy), not tampering: anyone can compute it again. A file made to mislead still runs no code and reaches
+    no native kernel with a tensor of the wrong shape, but it may hold any weights."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}; pass ckpt_path=<run dir>/checkpoints/best.ckpt")
@@ -142,10 +162,78 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> tuple[dict, Checkp
                         "more than tensors and plain values") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(f"{path} was not written by this project's train.py (it has no state_dict)")
-    if verify and CHECKSUM_KEY in checkpoint and checkpoint[CHECKSUM_KEY] != tensor_checksum(checkpoint):
+    record = CheckpointRecord.read_from(checkpoint, str(path))
+    if verify:
+        verify_checksum(checkpoint, record, path)
+    check_weights_fit_record(record, model_state(checkpoint["state_dict"]), str(path))
+    return checkpoint, record
+
+
+def verify_checksum(checkpoint: dict, record: CheckpointRecord, path: Path) -> None:
+    """Refuse a checkpoint whose tensors changed since they were saved, or whose checksum is gone; a checkpoint
+    of the older format, written before there was one, loads with a warning."""
+    if CHECKSUM_KEY not in checkpoint:
+        if not record.older_format:
+            raise UserError(f"{path} has no {CHECKSUM_KEY}, which train.py saves with every checkpoint: the file was "
+                            "changed after it was written; use another checkpoint of the run")
+        log.warning("%s was written by an older version, without a checksum: its tensors are not verified", path)
+    elif checkpoint[CHECKSUM_KEY] != tensor_checksum(checkpoint):
         raise UserError(f"{path} is corrupt: its tensors do not match the checksum saved with them; use another "
                         "checkpoint of the run")
-    return checkpoint, CheckpointRecord.read_from(checkpoint, str(path))
+
+
+class TooManyTensors(Exception):
+    pass
+
+
+@contextmanager
+def registering_at_most(limit: int) -> Iterator[None]:
+    """Stop a model's construction (``TooManyTensors``) once it has registered more than ``limit`` parameters and
+    buffers: a model record asking for a million layers is refused at the first few."""
+    count = 0
+
+    def counted(module, name, tensor):
+        nonlocal count
+        count += 1
+        if count > limit:
+            raise TooManyTensors
+
+    hooks = [register_module_parameter_registration_hook(counted), register_module_buffer_registration_hook(counted)]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def check_weights_fit_record(record: CheckpointRecord, state: dict, where: str) -> None:
+    """Stop unless ``state`` holds the tensors of the model ``record`` describes. The model is built on the meta
+    device, which allocates no memory, and its construction stops once it has made more tensors than are
+    stored: a record that does not match its weights is refused before anything the size of the record's model is
+    allocated."""
+    try:
+        with registering_at_most(2 * len(state) + 16), torch.device("meta"):
+            expected = record.model.build().state_dict()
+    except TooManyTensors:
+        raise UserError(f"{where}: its model record describes more tensors than the {len(state)} it stores; "
+                        f"{CHANGED}") from None
+    except Exception as e:  # a shape no tensor can have (an overflowing size), as torch says it
+        raise UserError(f"{where}: its model record does not match its weights (building it failed: "
+                        f"{first_line(e)}); {CHANGED}") from None
+    if misfit := first_misfit(expected, state):
+        raise UserError(f"{where}: its weights do not match its model record: {misfit}; {CHANGED}")
+
+
+def first_misfit(expected: dict[str, torch.Tensor], state: dict) -> str | None:
+    """The first tensor of ``expected`` that ``state`` lacks or holds in another shape, or the first tensor of
+    ``state`` that ``expected`` has not, said as ``NAME is (...), the model expects (...)``; None when they fit."""
+    for name, tensor in expected.items():
+        found = state.get(name)
+        if not isinstance(found, torch.Tensor) or found.shape != tensor.shape:
+            shape = tuple(found.shape) if isinstance(found, torch.Tensor) else "nothing"
+            return f"{name} is {shape}, the model expects {tuple(tensor.shape)}"
+    extra = next((name for name in state if name not in expected), None)
+    return f"{extra} is not a tensor of the model" if extra else None
 
 
 def find_resume_checkpoint(checkpoint_dir: Path, verify: bool = True) -> tuple[Path, dict, CheckpointRecord]:
@@ -177,7 +265,7 @@ def model_state(state_dict: dict) -> dict:
     """The plain model's weights from a LightningModule state dict; keys of a ``torch.compile``d model (with
     ``_orig_mod.``, as a user's own compiled module saves them) load too."""
     return {key.removeprefix("model.").replace("_orig_mod.", ""): value for key, value in state_dict.items()
-            if key.startswith("model.")}
+            if isinstance(key, str) and key.startswith("model.")}
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[TokenModel, Tokenizer, CheckpointRecord]:
@@ -191,11 +279,8 @@ def model_from_checkpoint(path: str | Path) -> tuple[TokenModel, Tokenizer, Chec
 
 def load_weights(model: TokenModel, state: dict, source: str) -> None:
     """Load ``state`` into ``model``, or stop naming the first tensor that does not fit."""
-    for name, tensor in model.state_dict().items():
-        if name not in state or state[name].shape != tensor.shape:
-            found = tuple(state[name].shape) if name in state else "nothing"
-            raise UserError(f"{source} does not fit the model: {name} is {found}, the model expects "
-                            f"{tuple(tensor.shape)}; choose the model config it was trained with")
+    if misfit := first_misfit(model.state_dict(), state):
+        raise UserError(f"{source} does not fit the model: {misfit}; choose the model config it was trained with")
     model.load_state_dict(state)
 
 
@@ -233,3 +318,91 @@ def load_initial_weights(model: TokenModel, source: str, tokenizer: Tokenizer) -
         state = from_hf(read_hf_state_dict(source), model)
     load_weights(model, state, f"init_from={source}")
 
+
+
+# --------------------------------------------------------------------------- a resume's training state, checked
+
+
+def check_training_state(checkpoint: dict, optimizer: torch.optim.Optimizer, scheduler, where: str) -> None:
+    """Stop, naming the first value that is not as train.py saves it, before Lightning restores the optimizer, the
+    schedule and the random number generator: a fused optimizer step reads its moments without checking their
+    shapes, and a wrong one corrupts memory. ``optimizer`` and ``scheduler`` are fresh ones of this run, the
+    templates of what the checkpoint must hold."""
+    step = checkpoint.get("global_step")
+    if type(step) is not int or step < 0:
+        raise UserError(f"{where}: global_step is {step!r:.40}, not a step count; {CHANGED}")
+    saved = checkpoint.get("optimizer_states")
+    if not isinstance(saved, list) or len(saved) != 1 or not isinstance(saved[0], dict):
+        raise UserError(f"{where}: optimizer_states is not the one optimizer state train.py saves; {CHANGED}")
+    groups = saved[0].get("param_groups")
+    check_like(groups, optimizer.state_dict()["param_groups"], f"{where}: optimizer param_groups")
+    if not all("params" in group for group in groups):
+        raise UserError(f"{where}: an optimizer param group has no params; {CHANGED}")
+    check_moments(saved[0].get("state"), [p for group in optimizer.param_groups for p in group["params"]], where)
+    schedulers = [scheduler.state_dict()] if scheduler is not None else []
+    check_like(checkpoint.get("lr_schedulers", []), schedulers, f"{where}: lr_schedulers")
+    if "rng" in checkpoint:
+        check_rng(checkpoint["rng"], where)
+
+
+def check_like(saved, template, where: str) -> None:
+    """``saved`` has the structure of ``template``: dicts with keys of the template's (a key of the template may be
+    missing: another torch release may save one more or one less), lists of the same length, tensors of the same
+    shape and dtype, and numbers, texts, booleans and None where the template has them."""
+    def refuse(what: str):
+        raise UserError(f"{where} {what}; {CHANGED}")
+
+    if isinstance(template, dict):
+        if not isinstance(saved, dict) or not set(saved) <= set(template):
+            refuse(f"has keys that {sorted(map(str, template))} has not"[:200])
+        for key in saved:
+            check_like(saved[key], template[key], f"{where}.{key}")
+    elif isinstance(template, (list, tuple)):
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(template):
+            refuse(f"is not a list of {len(template)}")
+        for i, (item, like) in enumerate(zip(saved, template)):
+            check_like(item, like, f"{where}[{i}]")
+    elif isinstance(template, torch.Tensor):
+        if not isinstance(saved, torch.Tensor) or saved.shape != template.shape or saved.dtype != template.dtype:
+            refuse(f"is not a {template.dtype} tensor of shape {tuple(template.shape)}")
+    elif isinstance(template, bool) or template is None:
+        if type(saved) is not type(template):
+            refuse(f"is {saved!r:.40}, not {'true or false' if isinstance(template, bool) else 'None'}")
+    elif isinstance(template, (int, float)):
+        if isinstance(saved, bool) or not isinstance(saved, (int, float)) or saved != saved or abs(saved) == float("inf"):
+            refuse(f"is {saved!r:.40}, not a finite number")
+    elif type(saved) is not type(template):
+        refuse(f"is {saved!r:.40}, not a {type(template).__name__}")
+
+
+def check_moments(state, params: list[torch.Tensor], where: str) -> None:
+    """The optimizer's per-parameter state: for parameter ``i`` (in the order of the groups), a step count (a
+    scalar) and tensors of the parameter's own shape (AdamW's moments)."""
+    if not isinstance(state, dict):
+        raise UserError(f"{where}: the optimizer state is not a dict of parameters; {CHANGED}")
+    for index, values in state.items():
+        if type(index) is not int or not 0 <= index < len(params) or not isinstance(values, dict):
+            raise UserError(f"{where}: the optimizer state names parameter {index!r:.40}, of {len(params)}; {CHANGED}")
+        shape = params[index].shape
+        for name, value in values.items():
+            fits = (isinstance(value, torch.Tensor) and value.is_floating_point()
+                    and (value.shape == shape or (name == "step" and value.dim() == 0)))
+            if not fits:
+                found = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise UserError(f"{where}: the optimizer's {name} of parameter {index} is {found}, the parameter "
+                                f"{tuple(shape)}; {CHANGED}")
+
+
+def check_rng(rng, where: str) -> None:
+    """The random number generators' states, as ``torch.get_rng_state()`` gives them (and CUDA's, where there is
+    CUDA): torch copies them into the generator without checking their size."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    fits = (isinstance(rng, dict) and isinstance(rng.get("torch"), torch.Tensor) and rng["torch"].dtype == cpu.dtype
+            and rng["torch"].shape == cpu.shape and isinstance(rng.get("cuda"), list)
+            and all(isinstance(state, torch.Tensor) for state in rng["cuda"]))
+    if fits and cuda is not None and rng["cuda"]:
+        fits = len(rng["cuda"]) == len(cuda) and all(
+            saved.dtype == state.dtype and saved.shape == state.shape for saved, state in zip(rng["cuda"], cuda))
+    if not fits:
+        raise UserError(f"{where}: rng is not the random number generator state train.py saves; {CHANGED}")

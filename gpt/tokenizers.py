@@ -120,15 +120,29 @@ def fit_tokenizer(kind: str, texts: Iterable[str], vocab_size: int | None = None
         raise UserError(f"cannot train the BPE tokenizer: {e}") from None
 
 
-def tokenizer_from_dict(d: dict) -> Tokenizer:
-    kind = d.get("kind")
+def tokenizer_from_dict(d: dict, fix: str = "prepare the data again") -> Tokenizer:
+    """The tokenizer a dict of ``to_dict()`` describes; every field is checked before tiktoken or a vocabulary
+    sees it (the dict may come from a file anyone wrote). A corrupt one is a UserError that ends with ``fix``."""
+    kind = d.get("kind") if isinstance(d, dict) else None
     try:
         if kind == "char":
-            return CharTokenizer(d["chars"], d.get("specials", ()))  # older char tokenizers had no specials
+            return CharTokenizer(*checked_char_fields(d))
         if kind == "gpt2":
             return TiktokenTokenizer(gpt2_encoding(), "gpt2")
         if kind == "bpe":
             return TiktokenTokenizer(encoding_from_dict(d["encoding"]), "bpe")
     except (KeyError, ValueError) as e:
-        raise UserError(f"the saved {kind} tokenizer is corrupt ({e}); prepare the data again") from None
+        raise UserError(f"the saved {kind} tokenizer is corrupt ({e}); {fix}") from None
     raise UserError(f"unknown tokenizer kind {kind!r} in the saved tokenizer; expected one of {', '.join(KINDS)}")
+
+
+def checked_char_fields(d: dict) -> tuple[str, tuple[str, ...]]:
+    """(chars, specials) of a char tokenizer's dict: distinct characters, and distinct non-empty special tokens
+    (older char tokenizers had none)."""
+    chars, specials = d["chars"], d.get("specials", [])
+    if not isinstance(chars, str) or len(set(chars)) != len(chars):
+        raise ValueError(f"chars must be a text of distinct characters, got {type(chars).__name__}")
+    if (not isinstance(specials, list) or not all(isinstance(t, str) and t for t in specials)
+            or len(set(specials)) != len(specials)):
+        raise ValueError(f"specials must be a list of distinct non-empty texts, got {specials!r:.60}")
+    return chars, tuple(specials)

@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gpt import UserError, format_count
 from gpt.callbacks import FinalValidation, RunResult, StepProgress, StopOnSignal
-from gpt.checkpoint import (CheckpointRecord, check_same_model, check_tokenizer, load_initial_weights,
-                            resume_checkpoint)
+from gpt.checkpoint import (CheckpointRecord, check_same_model, check_tokenizer, check_training_state,
+                            load_initial_weights, resume_checkpoint)
 from gpt.compat import LIGHTNING_FEW_WORKERS_WARNING, LIGHTNING_SHORT_EPOCH_WARNING, relaunches_script
 from gpt.configs import ModelConfig
 from gpt.context import in_multirun, is_rank_zero
@@ -53,9 +53,10 @@ def instantiate_group(group: DictConfig | None) -> list:
 
 @dataclass
 class Resume:
-    """Where a resumed run starts: its checkpoint, the step of it, and the checkpoint's record."""
+    """Where a resumed run starts: its checkpoint file, its contents, the step of it, and the checkpoint's record."""
 
     path: Path | None = None
+    checkpoint: dict | None = None
     step: int | None = None
     record: CheckpointRecord | None = None
 
@@ -66,7 +67,7 @@ def resume_point(cfg: DictConfig) -> Resume:
     if not cfg.get("ckpt_path"):
         return Resume()
     path, checkpoint, record = resume_checkpoint(cfg.ckpt_path, cfg.paths.output_dir)
-    return Resume(path, checkpoint["global_step"], record)
+    return Resume(path, checkpoint, checkpoint.get("global_step"), record)
 
 
 def gradient_accumulation(cfg: DictConfig, world_size: int) -> int:
@@ -144,6 +145,8 @@ def fit_and_report(cfg: DictConfig, output_dir: Path, stop: StopOnSignal, writes
     lm = build_lm(cfg, model_config, tokenizer, CheckpointRecord(model_config, tokenizer.to_dict(), plain_config,
                                                                  wandb_id))
     check_data_fits(lm, datamodule)
+    if resume.path:
+        check_resumed_state(lm, resume)
     place, precision = placement(cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.num_nodes), \
         auto_precision(cfg.trainer.precision)
     accumulate, val_every = gradient_accumulation(cfg, place.world_size), validation_interval(cfg)
@@ -170,6 +173,15 @@ def fit_and_report(cfg: DictConfig, output_dir: Path, stop: StopOnSignal, writes
                  datamodule.block_size, place.describe(), val_every, output_dir)
         trainer.fit(lm, datamodule=datamodule, ckpt_path=resume.path, weights_only=True)
         return report_best(trainer, output_dir)
+
+
+def check_resumed_state(lm: LanguageModel, resume: Resume) -> None:
+    """The checkpoint's optimizer, schedule and generator states are those of this run's (Lightning copies them in
+    unchecked), compared with a fresh optimizer and schedule of the model."""
+    configured = lm.configure_optimizers()
+    optimizer, scheduler = (configured["optimizer"], configured["lr_scheduler"]["scheduler"]) \
+        if isinstance(configured, dict) else (configured, None)
+    check_training_state(resume.checkpoint, optimizer, scheduler, f"ckpt_path={resume.path}")
 
 
 def trainer_node(cfg: DictConfig) -> DictConfig:

@@ -101,6 +101,7 @@ def test_a_checkpoint_of_the_previous_format_samples_and_resumes(tmp_path):
     """Its record was the run's Hydra config (the model as a node naming gpt.model.GPTConfig) and no checksum."""
     sample = run_script("sample.py", f"ckpt_path={OLD_CHECKPOINT}", "prompt=ROMEO:", "max_new_tokens=10")
     assert sample.returncode == 0 and sample.stdout.split("\n", 1)[1].startswith("ROMEO:"), sample.stderr
+    assert "written by an older version, without a checksum: its tensors are not verified" in sample.stderr
     old = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16"]
     resumed = train_tiny(tmp_path / "run", f"ckpt_path={OLD_CHECKPOINT}", "trainer.max_steps=40", model=old)
     assert resumed.returncode == 0, resumed.stderr
