@@ -48,7 +48,7 @@ def ended(row: list[int], eot_id: int | None) -> int:
     return len(row) - 1 if row and row[-1] == eot_id else len(row)
 
 
-def check_device(cfg: DictConfig) -> None:
+def check_device(cfg: DictConfig, overrides: list[str]) -> None:
     """``device=cuda`` where there is no CUDA: one line before anything loads but torch."""
     if cfg.device and cfg.device.startswith("cuda"):
         import torch

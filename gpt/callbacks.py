@@ -240,7 +240,7 @@ class Checkpoints(Checkpoint):
         return float(score) < self.best_score if self.mode == "min" else float(score) > self.best_score
 
     def save_last(self, trainer, link_to_best: bool = False) -> None:
-        self.last_model_path, self.saved_step = str(self.dirpath / "last.ckpt"), trainer.global_step
+        self.last_model_path = str(self.dirpath / "last.ckpt")
         last = Path(self.last_model_path)
         if trainer.is_global_zero and (link_to_best or last.is_symlink()):
             last.unlink(missing_ok=True)  # a link is replaced, never written through (into best.ckpt)
@@ -249,6 +249,7 @@ class Checkpoints(Checkpoint):
         trainer.strategy.barrier()
         if not link_to_best:
             trainer.save_checkpoint(self.last_model_path)
+        self.saved_step = trainer.global_step
         for logger in trainer.loggers:  # the logs are never behind a checkpoint that a resume starts from
             logger.save()
 
@@ -270,7 +271,8 @@ class StopOnSignal(L.Callback):
     Lightning handles it to requeue the job) and Ctrl-C end the run at the next step boundary: ``last.ckpt`` is
     saved at that step, the logs and ``result.json`` are written, and ``RunStopped`` carries the signal to
     train.py, which says how to resume and exits with 128 + the signal's number. A second Ctrl-C stops at once,
-    without saving. A signal before training starts (while data is prepared) stops at once: nothing is lost.
+    without saving (unless the step is saved already); signals that come while the stop saves and ends are
+    ignored. A signal before training starts (while data is prepared) stops at once: nothing is lost.
 
     Under DDP every rank stops at the same step: the ranks agree every ``trainer.log_every_n_steps`` steps."""
 
@@ -278,7 +280,7 @@ class StopOnSignal(L.Callback):
 
     def __init__(self):
         self.received: signal.Signals | None = None
-        self.training, self.pid = False, os.getpid()
+        self.trainer, self.training, self.stopping, self.pid = None, False, False, os.getpid()
         self.previous: dict[signal.Signals, object] = {}
 
     @contextmanager
@@ -300,8 +302,14 @@ class StopOnSignal(L.Callback):
         if os.getpid() != self.pid:  # a forked child, signalled before default_signals_in_child ran: end it
             os._exit(128 + signum)
         signum = signal.Signals(signum)
-        if not self.training or (signum == signal.SIGINT and self.received == signal.SIGINT):
+        if self.stopping:  # the stop is under way, its checkpoint saved: let it end
+            return
+        if self.trainer is None:  # while the data is prepared: nothing to save
             raise RunStopped(signum.name, saved=False)
+        if not self.training or (signum == signal.SIGINT and self.received == signal.SIGINT):
+            checkpoints = checkpoints_of(self.trainer)
+            step = self.trainer.global_step
+            raise RunStopped(signum.name, saved=checkpoints is not None and checkpoints.saved_step == step, step=step)
         self.received = signum
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -309,7 +317,7 @@ class StopOnSignal(L.Callback):
         # handles it (SLURM's auto-requeue)
         lightning_requeues = signal.getsignal(signal.SIGUSR1) not in (self.handle, self.previous[signal.SIGUSR1])
         self.take_signals(s for s in self.SIGNALS if not (s == signal.SIGUSR1 and lightning_requeues))
-        self.training = True
+        self.trainer, self.training = trainer, True
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.training = False
@@ -332,6 +340,7 @@ class StopOnSignal(L.Callback):
             checkpoints.on_validation_end(trainer, validated)
         if saved and checkpoints.saved_step != trainer.global_step:
             checkpoints.save_last(trainer)
+        self.stopping = True
         raise RunStopped(self.received.name if self.received else "another process", saved=saved,
                          step=trainer.global_step)
 

@@ -3,6 +3,7 @@ status 2 (Hydra's own included), required values, checked values, the run direct
 
 import difflib
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from gpt.arithmetic import check_arithmetic
 from gpt.checks import RENAMED, Rule, check_init_from, check_model, check_values
 from gpt.compat import hydra_error_key
 from gpt.context import in_multirun, is_rank_zero
-from gpt.rundir import check_run_dir, remove_unstarted_run
+from gpt.rundir import SWEEP_LOCK_FILE, check_run_dir, hold_until_exit, remove_unstarted_run
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # config groups that need an extra package, and the command that installs it
@@ -37,7 +38,7 @@ def report_user_errors(run_dir: str | None = None):
     try:
         yield
     except RunStopped as stop:
-        print(stopped_message(stop), file=sys.stderr)
+        print(stopped_message(stop, run_dir), file=sys.stderr)
         sys.exit(128 + getattr(signal, stop.signal, signal.SIGTERM))  # another rank's signal: as SIGTERM
     except TrainingDiverged as e:
         if in_multirun() or os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -59,13 +60,26 @@ def refused_value(error: InstantiationException) -> str:
     return f"{target} refused its arguments: {type(error.__cause__).__name__}: {reason}"
 
 
-def stopped_message(stop: RunStopped) -> str:
+def stopped_message(stop: RunStopped, run_dir: str | None) -> str:
     if stop.step is None:
         return f"stopped by {stop.signal} before training started; nothing to save"
+    resume = f"resume with: {resume_command(run_dir)}" if run_dir else "resume with ckpt_path=last"
     if not stop.saved:
-        return f"stopped at step {stop.step} by {stop.signal}, without saving; resume from the last checkpoint " \
-               "with ckpt_path=last"
-    return f"stopped at step {stop.step} by {stop.signal}; resume with ckpt_path=last"
+        return f"stopped at step {stop.step} by {stop.signal}, without saving it; {resume} (from its last checkpoint)"
+    return f"stopped at step {stop.step} by {stop.signal}; {resume}"
+
+
+def resume_command(run_dir: str) -> str:
+    """The command that resumes the run in ``run_dir``: this command's overrides, with the run directory and
+    ``ckpt_path=last`` (a path under the working directory relative to it, as users type it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
+    kept = [o for o in given if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "overwrite", "hydra.run.dir")]
+    directory = Path(run_dir).resolve()
+    if directory.is_relative_to(Path.cwd()):
+        directory = directory.relative_to(Path.cwd())
+    return shlex.join(["python", "train.py", *kept, f"hydra.run.dir={directory}", "ckpt_path=last"])
 
 
 def fail(message: str) -> None:
@@ -102,7 +116,7 @@ def missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
 
 
 def check_command_line(config_name: str, rules: dict[str, Rule], args: list[str] | None = None,
-                       also: Callable[[DictConfig], None] | None = None) -> None:
+                       also: Callable[[DictConfig, list[str]], None] | None = None) -> None:
     """Compose the config of ``args`` as Hydra will and check it (``check_config``) before Hydra writes anything or
     any library loads: what Hydra would print as a multi-line error (a misspelled key, an unknown option, an
     override it cannot parse, a missing extra) and every bad value become one line and exit status 2. Sweeps
@@ -118,7 +132,7 @@ def check_command_line(config_name: str, rules: dict[str, Rule], args: list[str]
             raise UserError(hydra_error(e, config_name, overrides)) from None
         check_config(cfg, f"python {config_name}.py", rules)
         if also:
-            also(cfg)
+            also(cfg, overrides)
 
 
 def compose_probe(config_name: str, overrides: list[str]) -> DictConfig:
@@ -195,31 +209,50 @@ def config_keys(config_name: str, overrides: list[str]) -> list[str]:
 
 
 class RunDirectory(Callback):
-    """Hydra callback: check the run (or sweep) directory before Hydra writes into it: a location that cannot be
-    written, a directory that another live run holds, or one that holds an earlier run that this command would
-    overwrite, is one line, and nothing is written."""
+    """Hydra callback: check the run (or sweep) directory before Hydra writes into it, and hold it from then on: a
+    location that cannot be written, a directory that another live run holds, or one that holds an earlier run that
+    this command would overwrite, is one line, and nothing is written. It fails closed: whatever goes wrong while
+    checking stops the command (Hydra would turn an error of a callback into a warning and go on)."""
 
     created: set[Path] = set()  # the run directories that this command's single run creates
 
     def on_run_start(self, config, **kwargs) -> None:
-        if not Path(config.hydra.run.dir).exists():
-            RunDirectory.created.add(Path(config.hydra.run.dir).resolve())
-        check_writable(config.hydra.run.dir, "hydra.run.dir")
-        if is_rank_zero() and not config.trainer.get("fast_dev_run"):
-            with report_user_errors():
-                check_run_dir(config.hydra.run.dir, resuming=bool(config.get("ckpt_path")),
+        directory = Path(config.hydra.run.dir)
+        if not directory.exists():
+            RunDirectory.created.add(directory.resolve())
+        with failing_closed(directory):
+            check_writable(directory, "hydra.run.dir")
+            if is_rank_zero() and not config.trainer.get("fast_dev_run"):
+                hold_until_exit(directory)
+                check_run_dir(directory, resuming=bool(config.get("ckpt_path")),
                               overwrite=bool(config.get("overwrite")))
                 if config.get("ckpt_path"):
                     check_resume(config.ckpt_path, config.hydra.run.dir, config.model,
                                  (config.get("callbacks") or {}).get("checkpoints"))
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        check_writable(config.hydra.sweep.dir, "hydra.sweep.dir")
-        if is_rank_zero() and not config.get("overwrite") and not config.get("ckpt_path"):
-            jobs = sorted(str(p) for p in Path(config.hydra.sweep.dir).glob("*/metrics.csv"))
-            if jobs:
-                fail(f"{config.hydra.sweep.dir} already holds the runs of a sweep ({len(jobs)}); choose another "
-                     "hydra.sweep.dir=..., or start over with overwrite=true")
+        directory = Path(config.hydra.sweep.dir)
+        with failing_closed(directory):
+            check_writable(directory, "hydra.sweep.dir")
+            if not is_rank_zero():
+                return
+            hold_until_exit(directory, SWEEP_LOCK_FILE, "sweep", "hydra.sweep.dir")
+            jobs = sorted(str(p) for p in directory.glob("*/metrics.csv"))
+            if jobs and not config.get("overwrite") and not config.get("ckpt_path"):
+                raise UserError(f"{directory} already holds the runs of a sweep ({len(jobs)}); choose another "
+                                "hydra.sweep.dir=..., or start over with overwrite=true")
+
+
+@contextmanager
+def failing_closed(directory: Path):
+    """Any error of the block is one line and exit status 2, and a run directory that the command created is
+    removed again."""
+    try:
+        yield
+    except Exception as e:
+        if directory.resolve() in RunDirectory.created:
+            remove_unstarted_run(directory)
+        fail(str(e) if isinstance(e, UserError) else f"checking {directory} failed ({type(e).__name__}: {e})")
 
 
 def check_resume(ckpt_path: str, run_dir: str, model: DictConfig, checkpoints: DictConfig | None) -> None:
@@ -236,13 +269,15 @@ def check_resume(ckpt_path: str, run_dir: str, model: DictConfig, checkpoints: D
     for key, default in (("monitor", "val/loss"), ("mode", "min")):  # a loss would be compared with an accuracy
         given = checkpoints.get(key, default) if checkpoints else None
         if checkpoints and key in kept and kept[key] != given:
-            fail(f"ckpt_path={path} kept its best checkpoint by callbacks.checkpoints.{key}={kept[key]}, not "
-                 f"{given}; resume with the options it was trained with (its experiment=, if any)")
+            raise UserError(f"ckpt_path={path} kept its best checkpoint by callbacks.checkpoints.{key}={kept[key]}, "
+                            f"not {given}; resume with the options it was trained with (its experiment=, if any)")
 
 
-def check_train(cfg: DictConfig) -> None:
-    """What else train.py checks before Hydra writes anything: ``init_from`` exists, arithmetic can make the problems
-    asked for, and the GPUs asked for exist (torch loads only when it asks for GPUs or several devices)."""
+def check_train(cfg: DictConfig, overrides: list[str]) -> None:
+    """What else train.py checks before Hydra writes anything: the checkpoint to resume from and ``init_from`` exist,
+    arithmetic can make the problems asked for, and the GPUs asked for exist (torch loads only when it asks for GPUs
+    or several devices)."""
+    check_resume_source(cfg.get("ckpt_path"), overrides)
     if cfg.get("init_from"):
         check_init_from(cfg.init_from)
     if cfg.data.get("_target_", "").endswith(".ArithmeticDataModule"):  # enough distinct problems
@@ -256,12 +291,27 @@ def check_train(cfg: DictConfig) -> None:
                   else trainer.devices, trainer.num_nodes)
 
 
-def check_writable(directory: str, override: str) -> None:
+def check_resume_source(ckpt_path: str | None, overrides: list[str]) -> None:
+    """``ckpt_path=last`` resumes the run of a directory that is named (a new dated directory holds none), and a
+    checkpoint file given must exist: refused before Hydra makes a run directory."""
+    if not ckpt_path:
+        return
+    given = {override.split("=", 1)[0] for override in overrides}
+    if ckpt_path == "last" and not {"hydra.run.dir", "hydra.sweep.dir"} & given:
+        raise UserError("ckpt_path=last resumes the run of a directory, and a new one is made for this command; name "
+                        "the run's directory: python train.py hydra.run.dir=<its directory> ckpt_path=last")
+    if ckpt_path != "last" and not Path(ckpt_path).is_file():
+        raise UserError(f"checkpoint not found: {ckpt_path}; pass ckpt_path=<run dir>/checkpoints/last.ckpt, or "
+                        "ckpt_path=last with hydra.run.dir=<run dir>")
+
+
+def check_writable(directory: Path, override: str) -> None:
     """Create ``directory`` and write a file in it, or stop with one line naming the problem."""
-    probe = Path(directory) / f".write-test.{os.getpid()}"
+    probe = directory / f".write-test.{os.getpid()}"
     try:
         probe.parent.mkdir(parents=True, exist_ok=True)
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        fail(f"cannot write to the output directory {directory} ({e.strerror or e}); choose another with {override}=...")
+        raise UserError(f"cannot write to the output directory {directory} ({e.strerror or e}); choose another with "
+                        f"{override}=...") from None

@@ -189,8 +189,8 @@ def test_sigterm_saves_the_step_says_how_to_resume_and_exits_143(tmp_path):
     finally:
         process.kill()
     assert process.returncode == 143, stderr[-2000:]
-    step = int(re.fullmatch(r"stopped at step (\d+) by SIGTERM; resume with ckpt_path=last",
-                            stderr.strip().splitlines()[-1])[1])
+    step = int(re.fullmatch(rf"stopped at step (\d+) by SIGTERM; resume with: python train.py .* "
+                            rf"hydra.run.dir={run} ckpt_path=last", stderr.strip().splitlines()[-1])[1])
     assert step >= 5 and step_of(run / "checkpoints" / "last.ckpt") == step
     assert read_result(run)["stopped"] == "SIGTERM" and read_result(run)["steps"] == step
     assert logged_steps(run)[-1] == step and not (run / ".run.lock").exists()
@@ -213,7 +213,8 @@ def test_ctrl_c_and_sigusr1_stop_the_same_way(tmp_path, signum, code):
         process.kill()
     assert process.returncode == code, stderr[-2000:]
     last = stderr.strip().splitlines()[-1]
-    step = int(re.fullmatch(rf"stopped at step (\d+) by {signum.name}; resume with ckpt_path=last", last)[1])
+    step = int(re.fullmatch(rf"stopped at step (\d+) by {signum.name}; resume with: python train.py .* "
+                            rf"hydra.run.dir={run} ckpt_path=last", last)[1])
     assert step_of(run / "checkpoints" / "last.ckpt") == step
 
 
