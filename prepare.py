@@ -11,13 +11,13 @@ import hydra
 from omegaconf import DictConfig
 
 from gpt.checks import PREPARE
-from gpt.cli import check_command_line, check_config, report_user_errors
+from gpt.cli import check_command_line, check_config, report_user_errors, stopped_by_signals
 from gpt.corpus import prepare_examples, prepare_windows, prepared_dir
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="prepare")
 def main(cfg: DictConfig) -> None:
-    with report_user_errors():
+    with report_user_errors(), stopped_by_signals():
         check_config(cfg, "python prepare.py", PREPARE)
         data, example = cfg.data, cfg.data.get("example")
         out_dir = cfg.out_dir or prepared_dir(data.cache_dir, data.text_path, data.tokenizer, data.vocab_size, example)

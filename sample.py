@@ -13,11 +13,13 @@ from omegaconf import DictConfig, ListConfig
 
 from gpt import UserError
 from gpt.checks import SAMPLE
-from gpt.cli import check_command_line, check_config, report_user_errors
+from gpt.tokenizers import TextStream
+from gpt.cli import check_command_line, check_config, report_user_errors, stopped_by_signals
 
 
-def sample(cfg: DictConfig) -> list[str]:
-    """``num_samples`` continuations of each prompt (``prompt`` is one string or a list), generated as one batch."""
+def sample(cfg: DictConfig) -> None:
+    """Print ``num_samples`` continuations of each prompt (``prompt`` is one string or a list), generated as one
+    batch; a single sample is printed token by token as it is generated."""
     import torch  # loaded once the arguments are checked: a mistake is reported in well under a second
 
     from gpt.checkpoint import model_from_checkpoint
@@ -34,13 +36,32 @@ def sample(cfg: DictConfig) -> list[str]:
 
         quantize_int8(model)
     if not getattr(model.config, "causal", True):  # a masked LM: fill in the blanks
-        return [describe_filled(model, tokenizer, prompt, cfg.candidates) for prompt in prompts]
+        for i, prompt in enumerate(prompts):
+            print(f"--- sample {i + 1}\n{describe_filled(model, tokenizer, prompt, cfg.candidates)}")
+        return
     ids = [tokenizer.encode(p) for p in prompts for _ in range(cfg.num_samples)]
-    out = model.generate(ids, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                         eot_id=tokenizer.eot_id, use_cache=cfg.use_cache,
-                         suppress_ids=tokenizer.special_ids - {tokenizer.eot_id})  # [PAD], [MASK] are not text
-    return [tokenizer.decode(row[len(prompt) if cfg.answer_only else 0:ended(row, tokenizer.eot_id)])
-            for prompt, row in zip(ids, out)]
+    options = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, eot_id=tokenizer.eot_id,
+                   use_cache=cfg.use_cache, suppress_ids=tokenizer.special_ids - {tokenizer.eot_id})  # [PAD], [MASK]
+    if len(ids) == 1:
+        print_as_generated(model.stream(ids, cfg.max_new_tokens, **options), tokenizer,
+                           "" if cfg.answer_only else f"--- sample 1\n{tokenizer.decode(ids[0])}")
+        return
+    for i, (prompt, row) in enumerate(zip(ids, model.generate(ids, cfg.max_new_tokens, **options))):
+        text = tokenizer.decode(row[len(prompt) if cfg.answer_only else 0:ended(row, tokenizer.eot_id)])
+        print(text if cfg.answer_only else f"--- sample {i + 1}\n{text}")  # answers: one a line, to read back
+
+
+def print_as_generated(steps, tokenizer, before: str) -> None:
+    """``before``, then the text of each new token of a single row as soon as it is generated, up to the end
+    token."""
+    text = TextStream(tokenizer)
+    sys.stdout.write(before)
+    for (token,) in steps:
+        if token == tokenizer.eot_id:
+            break
+        sys.stdout.write(text.push(token))
+        sys.stdout.flush()
+    print(text.flush())
 
 
 def ended(row: list[int], eot_id: int | None) -> int:
@@ -92,10 +113,9 @@ def quote_prompt(args: list[str]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    with report_user_errors():
+    with report_user_errors(), stopped_by_signals():
         check_config(cfg, "python sample.py", SAMPLE)
-        for i, text in enumerate(sample(cfg)):
-            print(text if cfg.answer_only else f"--- sample {i + 1}\n{text}")  # answers: one a line, to read back
+        sample(cfg)
 
 
 if __name__ == "__main__":

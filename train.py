@@ -5,12 +5,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from gpt.checks import TRAIN
-from gpt.cli import check_command_line, check_config, check_train, report_user_errors
+from gpt.cli import check_command_line, check_config, check_train, report_user_errors, stopped_by_signals
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with report_user_errors(run_dir=HydraConfig.get().runtime.output_dir):
+    with report_user_errors(run_dir=HydraConfig.get().runtime.output_dir), stopped_by_signals():
         check_config(cfg, "python train.py", TRAIN)
         # imported once the config is checked: a mistake is found without waiting seconds for torch and Lightning,
         # and Lightning's warnings go to the run's log

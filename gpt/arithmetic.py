@@ -11,11 +11,14 @@ import random
 from pathlib import Path
 
 from gpt import UserError
+from gpt.context import available_memory, gigabytes
 from gpt.files import atomic_write_text
 
 OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 FORMATS = ("plain", "reversed")
 MAX_DIGITS = 9  # pairs are drawn from range(10 ** (2 * digits)), which random.sample takes up to 2 ** 63
+# what generating and preparing a problem takes at its peak (measured: 500 bytes for 1M 6-digit additions)
+BYTES_PER_PROBLEM = 600
 
 
 def check_arithmetic(operation: str, digits: int, answer_format: str, train_examples: int, test_examples: int) -> None:
@@ -31,6 +34,11 @@ def check_arithmetic(operation: str, digits: int, answer_format: str, train_exam
         raise UserError(f"data.digits={digits} makes only {distinct:,} distinct problems, fewer than "
                         f"data.train_examples={train_examples:,} + data.test_examples={test_examples:,}; use more "
                         "digits or fewer examples")
+    needed, free = (train_examples + test_examples) * BYTES_PER_PROBLEM, available_memory()
+    if free is not None and needed > free:
+        raise UserError(f"data.train_examples={train_examples:,} + data.test_examples={test_examples:,} problems "
+                        f"need about {gigabytes(needed)} of memory to generate and prepare, and {gigabytes(free)} is "
+                        f"free; use at most about {free // BYTES_PER_PROBLEM:,} in all")
 
 
 def answer(a: int, b: int, operation: str, answer_format: str, width: int = 0) -> str:

@@ -15,7 +15,6 @@ import functools
 import hashlib
 import heapq
 import importlib.util
-import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path

@@ -89,13 +89,20 @@ TRAIN = {
     "callbacks.text_samples.top_k": optional(POSITIVE_INT),
 }
 
+# sample.py's bound on new tokens: about 50 pages of text; more in several calls (each from the end of the last)
+MAX_NEW_TOKENS = 100_000
+
 SAMPLE = {
-    "max_new_tokens": NON_NEGATIVE_INT, "num_samples": POSITIVE_INT, "temperature": NON_NEGATIVE,
+    "max_new_tokens": Rule(f"a non-negative integer of at most {MAX_NEW_TOKENS:,}",
+                           lambda value: is_int(value) and 0 <= value <= MAX_NEW_TOKENS,
+                           "generate a longer text in several calls, each from the end of the last"), "num_samples": POSITIVE_INT, "temperature": NON_NEGATIVE,
     "top_k": optional(POSITIVE_INT), "top_p": optional(UP_TO_ONE), "candidates": POSITIVE_INT, "seed": INTEGER,
     "use_cache": BOOLEAN, "device": optional(TEXT), "answer_only": BOOLEAN, "quantize": optional(one_of("int8")),
 }
 
 PREPARE = {**DATA, "num_proc": optional(POSITIVE_INT)}
+
+EXPORT = {"ckpt_path": TEXT, "out_dir": TEXT, "overwrite": BOOLEAN}
 
 # keys of earlier versions, and the key that took their place (prepare.py's were top-level keys before it composed
 # the same data group as train.py)

@@ -38,6 +38,8 @@ def report_user_errors(run_dir: str | None = None):
     try:
         yield
     except RunStopped as stop:
+        if stop.step is None and run_dir and Path(run_dir).resolve() in RunDirectory.created and is_rank_zero():
+            remove_unstarted_run(run_dir)
         print(stopped_message(stop, run_dir), file=sys.stderr)
         sys.exit(128 + getattr(signal, stop.signal, signal.SIGTERM))  # another rank's signal: as SIGTERM
     except TrainingDiverged as e:
@@ -62,7 +64,7 @@ def refused_value(error: InstantiationException) -> str:
 
 def stopped_message(stop: RunStopped, run_dir: str | None) -> str:
     if stop.step is None:
-        return f"stopped by {stop.signal} before training started; nothing to save"
+        return f"stopped by {stop.signal}; nothing half-written was kept"
     resume = f"resume with: {resume_command(run_dir)}" if run_dir else "resume with ckpt_path=last"
     if not stop.saved:
         return f"stopped at step {stop.step} by {stop.signal}, without saving it; {resume} (from its last checkpoint)"
@@ -80,6 +82,36 @@ def resume_command(run_dir: str) -> str:
     if directory.is_relative_to(Path.cwd()):
         directory = directory.relative_to(Path.cwd())
     return shlex.join(["python", "train.py", *kept, f"hydra.run.dir={directory}", "ckpt_path=last"])
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def stop_now(signum: int, frame) -> None:
+    raise RunStopped(signal.Signals(signum).name, saved=False)
+
+
+@contextmanager
+def stopped_by_signals():
+    """While the block runs, SIGTERM, SIGINT and SIGUSR1 stop it at once with ``RunStopped`` (SIGTERM would end the
+    process without its clean-up: a temporary file, a directory made for the work); the handlers before are restored
+    after. (A training run has its own: ``gpt.callbacks.StopOnSignal`` saves a checkpoint first.)"""
+    previous = {signum: signal.signal(signum, stop_now) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def default_signals_in_child() -> None:
+    """A forked process (an encoding worker) takes the default action on the signals: the parent stops the work."""
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is stop_now:
+            signal.signal(signum, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=default_signals_in_child)
 
 
 def fail(message: str) -> None:

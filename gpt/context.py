@@ -1,6 +1,8 @@
-"""Where this process runs: inside a Hydra multirun (``python train.py -m``) or not, first of its launch or not."""
+"""Where this process runs: inside a Hydra multirun (``python train.py -m``) or not, first of its launch or not, and
+the memory the machine has free."""
 
 import os
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -19,3 +21,18 @@ def is_rank_zero() -> bool:
 def sweep_dir() -> str | None:
     """The sweep directory of the multirun this job belongs to; None in a single run."""
     return HydraConfig.get().sweep.dir if in_multirun() else None
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo, in bytes (None where there is none)."""
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.is_file():
+        return None
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def gigabytes(n: int) -> str:
+    return f"{n / 1e9:.1f} GB"

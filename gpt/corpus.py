@@ -14,12 +14,14 @@ directory is reused while its text is unchanged and prepared again otherwise. Of
 The text is read in chunks (files larger than memory work) and encoded in parallel processes.
 """
 
+import errno
 import hashlib
 import itertools
 import json
 import logging
 import multiprocessing
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
@@ -29,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from gpt import UserError
-from gpt.bpe import ENDOFTEXT
+from gpt.bpe import DEFAULT_SPECIAL_TOKENS, ENDOFTEXT
 from gpt.files import atomic_write_text, atomic_writer, exclusive, remove_temporary_files
 from gpt.tokenizers import Tokenizer, check_tokenizer_options, fit_tokenizer, tokenizer_from_dict
 
@@ -209,22 +211,66 @@ def prepare(out_dir: Path, files: list[Path], options: dict, build: Callable[[Pa
     """The meta of ``out_dir`` prepared from ``files`` with ``options``: read when it is up to date, else made by
     ``build(out_dir)``, which writes the token files and returns (tokenizer, the rest of the meta). Options that
     cannot make a tokenizer are refused before anything is written. The lock and the temporary files of a process
-    killed while preparing are inside ``out_dir``; the next process to prepare it removes the files."""
+    killed while preparing are inside ``out_dir``; the next process to prepare it removes the files. A directory
+    that this call made is removed again when the preparation fails or is stopped, and a full disk is one line."""
     check_tokenizer_options(options["tokenizer"], options["vocab_size"])
     if meta := current_meta(out_dir, files, options):
         return meta
+    made = first_missing(out_dir)  # the directory that this call makes (out_dir or one above it), if any
     out_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive(out_dir / ".prepare.lock"):
-        if meta := current_meta(out_dir, files, options):  # prepared by another process while this one waited
-            return meta
-        remove_temporary_files(out_dir)
-        tokenizer, fields = build(out_dir)
-        atomic_write_text(out_dir / "tokenizer.json", json.dumps(tokenizer.to_dict()))
-        source = {"files": file_stats(files), "sha256": content_hash(files), "options": options,
-                  "format": PREPARED_FORMAT}
-        meta = {"source": source, "dtype": token_dtype(tokenizer.vocab_size).name,
-                "vocab_size": tokenizer.vocab_size, **fields}
-        atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2))
+    try:
+        with exclusive(out_dir / ".prepare.lock"):
+            if meta := current_meta(out_dir, files, options):  # prepared by another process while this one waited
+                return meta
+            remove_temporary_files(out_dir)
+            return build_unchanged(out_dir, files, options, build)
+    except BaseException as e:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise UserError(f"could not prepare the data in {out_dir}: {describe_os_error(e)}") from None
+        raise
+
+
+def first_missing(directory: Path) -> Path | None:
+    """The outermost of ``directory`` and its parents that does not exist yet."""
+    missing = None
+    for path in (directory, *directory.parents):
+        if path.exists():
+            return missing
+        missing = path
+    return missing
+
+
+def describe_os_error(error: OSError) -> str:
+    """Why a write failed, and what to do. numpy reports a short write (a full disk) without an errno."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT) or (error.errno is None and "written" in str(error)):
+        return "no space left on the device; free some space, or prepare it elsewhere with paths.data_dir=..."
+    return f"{error.strerror or error}"
+
+
+def build_unchanged(out_dir: Path, files: list[Path], options: dict,
+                    build: Callable[[Path], tuple[Tokenizer, dict]], attempts: int = 3) -> dict:
+    """``build(out_dir)`` from a text that did not change while it was read: its stats and hash are taken before,
+    and the stats compared after; a text written meanwhile is prepared again, up to ``attempts`` times."""
+    for _ in range(attempts):
+        stats, sha256 = file_stats(files), content_hash(files)
+        try:
+            tokenizer, fields = build(out_dir)
+        except UserError:  # a text cut short by its writer can be refused: only a text that stayed as it was is
+            if file_stats(files) == stats:
+                raise
+            continue
+        if file_stats(files) == stats:
+            break
+    else:
+        raise UserError(f"{', '.join(map(str, files))[:200]} changed while it was prepared, {attempts} times; prepare "
+                        "it once nothing writes to it any more")
+    atomic_write_text(out_dir / "tokenizer.json", json.dumps(tokenizer.to_dict()))
+    source = {"files": stats, "sha256": sha256, "options": options, "format": PREPARED_FORMAT}
+    meta = {"source": source, "dtype": token_dtype(tokenizer.vocab_size).name, "vocab_size": tokenizer.vocab_size,
+            **fields}
+    atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2))
     return meta
 
 
@@ -460,9 +506,6 @@ def read_answers(path: Path) -> list[tuple[str, str]]:
             for number, line in enumerate(f, 1):
                 if line.strip():
                     pairs.append(answer_pair(line, f"{path}:{number}"))
-    except FileNotFoundError:
-        raise UserError(f"data file not found: {path}; set data.text_path to a JSONL file of prompts and "
-                        "answers") from None
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text; convert it with iconv -t utf-8") from None
     if not pairs:
@@ -483,6 +526,10 @@ def answer_pair(line: str, where: str) -> tuple[str, str]:
     if not item["prompt"] or not item["answer"]:
         empty = "prompt" if not item["prompt"] else "answer"
         raise UserError(f"{where} has an empty {empty}; every example needs a prompt to answer and an answer to learn")
+    for key in ("prompt", "answer"):
+        if token := next((t for t in DEFAULT_SPECIAL_TOKENS if t in item[key]), None):
+            raise UserError(f"{where} has {token} in its {key}, which the tokenizers read as a special token, not as "
+                            f"text ({ENDOFTEXT} ends every answer); remove it")
     return item["prompt"], item["answer"]
 
 
@@ -492,15 +539,26 @@ def prepare_answers(text_path: str | Path, out_dir: str | Path, tokenizer: str =
     ``prompt_lengths.npy``: each example is its prompt, its answer and the end token. The validation split is
     ``val_path``, or else the last ``val_fraction`` of the examples."""
     files = [Path(text_path), *([Path(val_path)] if val_path else [])]
-    train, val = read_answers(files[0]), read_answers(files[1]) if val_path else None
-    if val is None:
+    for path in files:
+        if not path.is_file():
+            what = "is a directory" if path.is_dir() else "not found"
+            raise UserError(f"data file {what}: {path}; set data.text_path to a JSONL file of prompts and answers")
+    if not val_path:
         check_val_fraction(val_fraction)
-        n_train = int(len(train) * (1 - val_fraction))
-        if not 0 < n_train < len(train):
-            raise UserError(f"{text_path} has only {len(train)} example(s), too few for a train and a val split")
-        train, val = train[:n_train], train[n_train:]
     options = {"tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": val_fraction, "answers": True}
-    return prepare(Path(out_dir), files, options, lambda out: _build_answers(train, val, out, tokenizer, vocab_size))
+    return prepare(Path(out_dir), files, options, lambda out: _build_answers(*answer_splits(files, val_fraction), out,
+                                                                            tokenizer, vocab_size))
+
+
+def answer_splits(files: list[Path], val_fraction: float) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(train, val) examples: of the first file and the second, or the first file split by ``val_fraction``."""
+    train = read_answers(files[0])
+    if len(files) > 1:
+        return train, read_answers(files[1])
+    n_train = int(len(train) * (1 - val_fraction))
+    if not 0 < n_train < len(train):
+        raise UserError(f"{files[0]} has only {len(train)} example(s), too few for a train and a val split")
+    return train[:n_train], train[n_train:]
 
 
 def _build_answers(train: list[tuple[str, str]], val: list[tuple[str, str]], out_dir: Path, kind: str,

@@ -5,11 +5,11 @@ Lightning is not loaded here, so that train.py can check the devices before anyt
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from gpt import UserError
+from gpt.context import available_memory, gigabytes
 from gpt.interface import TokenModel, WrapUnit
 
 log = logging.getLogger(__name__)
@@ -96,21 +96,6 @@ def memory_per_process(model: TokenModel, batch_size: int, length: int, precisio
     weights = 16 * sum(p.numel() for p in model.parameters())
     value_bytes = 2 if precision.startswith(("16", "bf16")) else 4
     return int(weights + batch_size * length * model.activations_per_token() * value_bytes)
-
-
-def available_memory() -> int | None:
-    """MemAvailable of /proc/meminfo, in bytes (None where there is none)."""
-    meminfo = Path("/proc/meminfo")
-    if not meminfo.is_file():
-        return None
-    for line in meminfo.read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return None
-
-
-def gigabytes(n: int) -> str:
-    return f"{n / 1e9:.1f} GB"
 
 
 def auto_precision(precision: str) -> str:

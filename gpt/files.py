@@ -1,6 +1,7 @@
 """Files that are never seen half-written, and work that one process does while the others wait."""
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,33 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # where the temporary file could not be made: the error that said so is the one to see
+            pass
+
+
+@contextmanager
+def replaced_directory(path: str | Path) -> Iterator[Path]:
+    """A new directory to write the files of ``path`` into, beside it: when the block ends without an error it
+    takes the place of ``path`` whole (the old one is renamed aside, then removed); an error or a kill before then
+    leaves ``path`` as it was."""
+    path = Path(path)
+    new, old = (path.with_name(f".{path.name}.{os.getpid()}.{what}") for what in ("new", "old"))
+    new.mkdir(parents=True)
+    try:
+        yield new
+        if path.exists():
+            os.rename(path, old)
+        try:
+            os.rename(new, path)
+        except OSError:
+            if old.exists():
+                os.rename(old, path)
+            raise
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_temporary_files(directory: Path) -> None:

@@ -4,7 +4,7 @@ Generation always runs the model eagerly (``torch.compiler.set_stance("force_eag
 step is compiled: every new token has another sequence length, and compiling for each would cost more than it saves.
 """
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 
 import torch
 from torch.nn import functional as F
@@ -18,40 +18,58 @@ class GenerationMixin:
     Models whose ``new_cache`` gives a KV cache keep one while the sequence fits the context, so that each new
     token costs one step. Past ``block_size`` tokens the window slides, which changes every cached key and value:
     each new token is then computed afresh from the last ``block_size`` tokens. The cache therefore never changes
-    the tokens, only the speed up to ``block_size``."""
+    the tokens, only the speed up to ``block_size``. Only the last ``block_size`` tokens stay on the device: memory
+    does not grow with the number of new tokens."""
 
     @torch.no_grad()
     @torch.compiler.set_stance("force_eager")
-    def generate(self, prompts: list[list[int]] | torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, eot_id: int | None = None,
-                 use_cache: bool = True, suppress_ids: Collection[int] = ()) -> list[list[int]]:
-        """Each prompt followed by its new tokens (up to and including ``eot_id`` when it comes); the tokens
-        of ``suppress_ids`` (such as ``[PAD]``, ``[MASK]``) are never generated. Batching and the KV cache past
-        ``block_size``: see the class docstring."""
+    def stream(self, prompts: list[list[int]] | torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None, eot_id: int | None = None,
+               use_cache: bool = True, suppress_ids: Collection[int] = ()) -> Iterator[list[int]]:
+        """The next token of every prompt, one list per step, as they are generated; it ends after
+        ``max_new_tokens`` steps, or once every row has generated ``eot_id`` (a row that has goes on being sampled
+        until then: its later tokens mean nothing). The tokens of ``suppress_ids`` (such as ``[PAD]``, ``[MASK]``)
+        are never generated."""
         idx, mask = left_pad(prompts, next(self.parameters()).device)
-        prompt_width = idx.size(1)
+        length = idx.size(1)  # columns so far, padding included; idx and mask keep the last block_size of them
         # room for the tokens that will be fed while the sequence fits the context: no more
-        cache = self.new_cache(idx.size(0), min(self.block_size, prompt_width + max_new_tokens)) if use_cache else None
+        cache = self.new_cache(idx.size(0), min(self.block_size, length + max_new_tokens)) if use_cache else None
         padded = not bool(mask.all())  # without padding, attention needs no mask tensor
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        suppressed = torch.tensor(sorted(suppress_ids), dtype=torch.long, device=idx.device)
         for _ in range(max_new_tokens):
-            if cache is not None and idx.size(1) <= self.block_size:
+            if cache is not None and length <= self.block_size:
                 new = idx if cache.length == 0 else idx[:, -1:]  # the cache holds every column before the last
                 logits = self(new, attention_mask=mask if padded else None, cache=cache)
             else:
                 logits = self(idx[:, -self.block_size:], attention_mask=mask[:, -self.block_size:] if padded else None)
             next_logits = logits[:, -1]
-            if suppress_ids:
-                next_logits = next_logits.index_fill(-1, torch.tensor(list(suppress_ids), device=idx.device),
-                                                     float("-inf"))
+            if len(suppressed):
+                next_logits = next_logits.index_fill(-1, suppressed, float("-inf"))
             next_id = sample_next(next_logits, temperature, top_k, top_p)
-            idx, mask = torch.cat([idx, next_id], dim=1), F.pad(mask, (0, 1), value=True)
+            idx, mask = torch.cat([idx, next_id], dim=1)[:, -self.block_size:], \
+                F.pad(mask, (0, 1), value=True)[:, -self.block_size:]
+            length += 1
+            yield next_id[:, 0].tolist()
             if eot_id is not None:
-                finished |= next_id.squeeze(1) == eot_id
+                finished |= next_id[:, 0] == eot_id
                 if finished.all():
-                    break
-        return [strip_generated(row[m].tolist(), int(m[:prompt_width].sum()), eot_id)
-                for row, m in zip(idx, mask)]
+                    return
+
+    def generate(self, prompts: list[list[int]] | torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, eot_id: int | None = None,
+                 use_cache: bool = True, suppress_ids: Collection[int] = ()) -> list[list[int]]:
+        """Each prompt followed by its new tokens (up to and including ``eot_id`` when it comes): ``stream``,
+        collected."""
+        rows = prompts.tolist() if isinstance(prompts, torch.Tensor) else [list(prompt) for prompt in prompts]
+        ended = [False] * len(rows)
+        for tokens in self.stream(prompts, max_new_tokens, temperature, top_k, top_p, eot_id, use_cache,
+                                  suppress_ids):
+            for row, token in enumerate(tokens):
+                if not ended[row]:
+                    rows[row].append(token)
+                    ended[row] = token == eot_id
+        return rows
 
 
 def left_pad(prompts: list[list[int]] | torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,12 +85,6 @@ def left_pad(prompts: list[list[int]] | torch.Tensor, device) -> tuple[torch.Ten
         idx[row, width - len(prompt):] = torch.tensor(prompt)
         mask[row, width - len(prompt):] = True
     return idx.to(device), mask.to(device)
-
-
-def strip_generated(ids: list[int], prompt_length: int, eot_id: int | None) -> list[int]:
-    if eot_id is not None and eot_id in ids[prompt_length:]:
-        return ids[: ids.index(eot_id, prompt_length) + 1]
-    return ids
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None = None,

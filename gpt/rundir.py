@@ -54,7 +54,7 @@ def holder(directory: Path, name: str = LOCK_FILE) -> str | None:
     except OSError as e:
         raise UserError(f"cannot read {lock} ({e.strerror or e}); if no run uses {directory}, delete it") from None
     parts = text.split()
-    if len(parts) != 2 or not parts[0].isdigit() or not 0 < int(parts[0]) < 2 ** 22:
+    if len(parts) != 2 or not parts[0].isdigit() or not 0 < int(parts[0]) < 2 ** 31:
         raise UserError(f"{lock} is not a lock this project wrote ({text.strip()[:40]!r}); if no run uses "
                         f"{directory}, delete it")
     pid, host = int(parts[0]), parts[1]

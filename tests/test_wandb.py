@@ -1,7 +1,6 @@
 """Weights & Biases for real, offline: a run is read back from what W&B wrote under its run directory."""
 
 import json
-import os
 
 import pytest
 
