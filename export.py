@@ -14,8 +14,10 @@ import hydra
 from omegaconf import DictConfig
 
 from gpt import UserError
-from gpt.checks import EXPORT
-from gpt.cli import check_command_line, check_config, report_user_errors, stopped_by_signals
+from gpt.cli.checks import EXPORT
+from gpt.cli.command_line import check_command_line, check_config
+from gpt.cli.errors import report_user_errors
+from gpt.signals import stopped_by_signals
 
 
 def check_out_dir(cfg: DictConfig, overrides: list[str]) -> None:
@@ -33,8 +35,8 @@ def check_out_dir(cfg: DictConfig, overrides: list[str]) -> None:
 def main(cfg: DictConfig) -> None:
     with report_user_errors(), stopped_by_signals():
         check_config(cfg, "python export.py", EXPORT)
-        from gpt.checkpoint import model_from_checkpoint  # torch loads once the arguments are checked
-        from gpt.hf import save_hf
+        from gpt.data.hf import save_hf
+        from gpt.training.checkpoint import model_from_checkpoint  # torch loads once the arguments are checked
 
         model, tokenizer, _ = model_from_checkpoint(cfg.ckpt_path)
         print(f"wrote {save_hf(model, tokenizer, cfg.out_dir)}")

@@ -12,9 +12,11 @@ import hydra
 from omegaconf import DictConfig, ListConfig
 
 from gpt import UserError
-from gpt.checks import SAMPLE
-from gpt.tokenizers import TextStream
-from gpt.cli import check_command_line, check_config, report_user_errors, stopped_by_signals
+from gpt.cli.checks import SAMPLE
+from gpt.cli.command_line import check_command_line, check_config
+from gpt.cli.errors import report_user_errors
+from gpt.data.tokenizers import TextStream
+from gpt.signals import stopped_by_signals
 
 
 def sample(cfg: DictConfig) -> None:
@@ -22,7 +24,8 @@ def sample(cfg: DictConfig) -> None:
     batch; a single sample is printed token by token as it is generated."""
     import torch  # loaded once the arguments are checked: a mistake is reported in well under a second
 
-    from gpt.checkpoint import model_from_checkpoint
+    from gpt.models.generate import GenerationSettings
+    from gpt.training.checkpoint import model_from_checkpoint
 
     prompts = list(cfg.prompt) if isinstance(cfg.prompt, ListConfig) else [cfg.prompt]
     if not all(prompts) or not all(isinstance(p, str) for p in prompts):
@@ -32,7 +35,7 @@ def sample(cfg: DictConfig) -> None:
     model, tokenizer, _ = model_from_checkpoint(cfg.ckpt_path)
     model.to(device)
     if cfg.quantize:
-        from gpt.quantize import quantize_int8
+        from gpt.models.quantize import quantize_int8
 
         quantize_int8(model)
     if not getattr(model.config, "causal", True):  # a masked LM: fill in the blanks
@@ -40,13 +43,14 @@ def sample(cfg: DictConfig) -> None:
             print(f"--- sample {i + 1}\n{describe_filled(model, tokenizer, prompt, cfg.candidates)}")
         return
     ids = [tokenizer.encode(p) for p in prompts for _ in range(cfg.num_samples)]
-    options = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, eot_id=tokenizer.eot_id,
-                   use_cache=cfg.use_cache, suppress_ids=tokenizer.special_ids - {tokenizer.eot_id})  # [PAD], [MASK]
+    settings = GenerationSettings.for_tokenizer(tokenizer, max_new_tokens=cfg.max_new_tokens,
+                                                temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                                                use_cache=cfg.use_cache)
     if len(ids) == 1:
-        print_as_generated(model.stream(ids, cfg.max_new_tokens, **options), tokenizer,
+        print_as_generated(model.stream(ids, settings), tokenizer,
                            "" if cfg.answer_only else f"--- sample 1\n{tokenizer.decode(ids[0])}")
         return
-    for i, (prompt, row) in enumerate(zip(ids, model.generate(ids, cfg.max_new_tokens, **options))):
+    for i, (prompt, row) in enumerate(zip(ids, model.generate(ids, settings))):
         text = tokenizer.decode(row[len(prompt) if cfg.answer_only else 0:ended(row, tokenizer.eot_id)])
         print(text if cfg.answer_only else f"--- sample {i + 1}\n{text}")  # answers: one a line, to read back
 
@@ -80,7 +84,7 @@ def check_device(cfg: DictConfig, overrides: list[str]) -> None:
 
 def describe_filled(model, tokenizer, prompt: str, candidates: int) -> str:
     """The prompt with its masks filled, then the top candidates of each mask with their probabilities."""
-    from gpt.generate import fill_masks
+    from gpt.models.generate import fill_masks
 
     ids = tokenizer.encode(prompt)
     if tokenizer.mask_id not in ids:

@@ -4,8 +4,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gpt.checks import TRAIN
-from gpt.cli import check_command_line, check_config, check_train, report_user_errors, stopped_by_signals
+from gpt.cli.checks import TRAIN
+from gpt.cli.command_line import check_command_line, check_config, check_train
+from gpt.cli.errors import report_user_errors
+from gpt.signals import stopped_by_signals
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -14,7 +16,7 @@ def main(cfg: DictConfig) -> float | None:
         check_config(cfg, "python train.py", TRAIN)
         # imported once the config is checked: a mistake is found without waiting seconds for torch and Lightning,
         # and Lightning's warnings go to the run's log
-        from gpt.training import train
+        from gpt.training.run import train
 
         return train(cfg)
 

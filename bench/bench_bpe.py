@@ -11,7 +11,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run as a script, the package is not on the path
 
-from gpt.bpe import gpt2_encoding, train_bpe  # noqa: E402
+from gpt.data.bpe import gpt2_encoding, train_bpe  # noqa: E402
 
 CHUNK_CHARS = 1 << 20
 

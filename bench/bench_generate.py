@@ -15,6 +15,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from gpt.models.generate import GenerationSettings
+
 REPO = Path(__file__).resolve().parents[1]
 BABY_GPT = {"block_size": 256, "n_layer": 6, "n_head": 6, "n_embd": 384}
 
@@ -36,13 +38,14 @@ def main() -> None:
     torch.manual_seed(0)
     model = config.build().to(device).eval()
     prompts = [[1, 2, 3]] * args.batch
-    model.generate(prompts, 20, temperature=0)  # warm-up
+    model.generate(prompts, GenerationSettings(max_new_tokens=20, temperature=0))  # warm-up
     rates = {}
     for use_cache in (False, True):
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        out = model.generate(prompts, args.new_tokens, temperature=0, use_cache=use_cache)
+        settings = GenerationSettings(max_new_tokens=args.new_tokens, temperature=0, use_cache=use_cache)
+        out = model.generate(prompts, settings)
         if device == "cuda":
             torch.cuda.synchronize()
         rates[use_cache] = args.batch * args.new_tokens / (time.perf_counter() - start)

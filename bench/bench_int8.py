@@ -16,11 +16,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the package is beside it
 
-from gpt.answers import ArithmeticDataModule, score_answers  # noqa: E402
-from gpt.checkpoint import check_tokenizer, model_from_checkpoint  # noqa: E402
-from gpt.quantize import quantize_int8, weight_bytes  # noqa: E402
-from gpt.windows import WindowsDataModule  # noqa: E402
-
+from gpt.data.arithmetic import ArithmeticDataModule
+from gpt.data.windows import WindowsDataModule  # noqa: E402
+from gpt.eval.exact_match import score_answers  # noqa: E402
+from gpt.models.generate import GenerationSettings
+from gpt.models.quantize import quantize_int8, weight_bytes  # noqa: E402
+from gpt.training.checkpoint import check_tokenizer, model_from_checkpoint  # noqa: E402
 
 ARITHMETIC_KEYS = ("operation", "digits", "format", "zero_pad", "train_examples", "test_examples", "seed")
 
@@ -31,7 +32,7 @@ def generation_speed(model, batch: int, repeats: int = 3) -> float:
     best = 0.0
     for _ in range(repeats):
         start = time.perf_counter()
-        model.generate([[1]] * batch, new_tokens, temperature=0)
+        model.generate([[1]] * batch, GenerationSettings(max_new_tokens=new_tokens, temperature=0))
         best = max(best, batch * new_tokens / (time.perf_counter() - start))
     return best
 
@@ -67,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         if args.addition:  # the held-out problems of the run that trained the checkpoint
             model, _, record = model_from_checkpoint(args.addition)
-            data = ArithmeticDataModule(cache, block_size=model.block_size, batch_size=256,
+            data = ArithmeticDataModule(cache_dir=cache, block_size=model.block_size, batch_size=256,
                                         **{key: record.config["data"][key] for key in ARITHMETIC_KEYS})
             data.prepare_data()
             pairs = data.held_out_answers()
@@ -78,7 +79,8 @@ def main() -> None:
             results["addition (experiment=addition)"] = measure(args.addition, exact_match)
         if args.text:
             def shakespeare_loss(model, tokenizer):
-                text = WindowsDataModule(str(REPO / "data" / "tinyshakespeare.txt"), cache, model.block_size, 64)
+                text = WindowsDataModule(text_path=str(REPO / "data" / "tinyshakespeare.txt"), cache_dir=cache,
+                                         block_size=model.block_size, batch_size=64)
                 text.prepare_data()
                 check_tokenizer(tokenizer.to_dict(), text.tokenizer, f"--text {args.text}")
                 return f"val/loss {val_loss(model, text):.4f}"

@@ -18,7 +18,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run as a script, the package is not on the path
 
-from gpt.examples import ExamplesDataModule, padding_fraction  # noqa: E402
+from gpt.data.examples import ExamplesDataModule, padding_fraction  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,8 +41,8 @@ def token_counts(dataset, special_ids) -> Counter:
 def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory() as cache_dir:
-        dm = ExamplesDataModule(str(args.text), cache_dir, args.block_size, args.batch_size, args.example,
-                                args.tokenizer)
+        dm = ExamplesDataModule(text_path=str(args.text), cache_dir=cache_dir, block_size=args.block_size,
+                                batch_size=args.batch_size, example=args.example, tokenizer=args.tokenizer)
         dm.prepare_data()
         dm.setup()
         data = dm.prepared

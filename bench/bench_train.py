@@ -29,11 +29,11 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the package is beside it
 
-from gpt.callbacks import gpu_peak_flops  # noqa: E402
-from gpt.devices import auto_precision  # noqa: E402
-from gpt.optim import build_optimizer, warmup_cosine  # noqa: E402
-from gpt.training import train  # noqa: E402
-from gpt.windows import RandomWindows  # noqa: E402
+from gpt.data.windows import RandomWindows  # noqa: E402
+from gpt.training.devices import auto_precision  # noqa: E402
+from gpt.training.monitoring import gpu_peak_flops  # noqa: E402
+from gpt.training.optim import build_optimizer, warmup_cosine  # noqa: E402
+from gpt.training.run import train  # noqa: E402
 
 PRESETS = {  # overrides of the default config, timed steps, warm-up steps
     "tiny": (["model.n_layer=1", "model.n_head=1", "model.n_embd=16", "model.block_size=8", "data.batch_size=1"],
@@ -169,7 +169,7 @@ def whole_runs(repeats: int) -> None:
                 loss = float(done.stdout.strip().splitlines()[-1].split()[2].rstrip(","))
                 results[name].append((time.perf_counter() - start, loss))
                 print(f"{name}: {results[name][-1][0]:.1f} s, best val/loss {loss:.4f}", flush=True)
-    print(f"\n| process | wall s (each run) | median | best val/loss |\n|---|---|---|---|")
+    print("\n| process | wall s (each run) | median | best val/loss |\n|---|---|---|---|")
     for name, runs in results.items():
         print(f"| {name} | {', '.join(f'{w:.1f}' for w, _ in runs)} | {statistics.median(w for w, _ in runs):.1f} | "
               f"{', '.join(f'{loss:.4f}' for _, loss in runs)} |")

@@ -27,9 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]  # run as a script: the package and bench_train are beside it
 
 from bench_train import compare_loops  # noqa: E402
-from gpt.callbacks import gpu_peak_flops  # noqa: E402
-from gpt.configs import GPTConfig  # noqa: E402
-from gpt.examples import ExamplesDataModule  # noqa: E402
+
+from gpt.data.examples import ExamplesDataModule  # noqa: E402
+from gpt.models.configs import GPTConfig  # noqa: E402
+from gpt.models.generate import GenerationSettings
+from gpt.training.monitoring import gpu_peak_flops  # noqa: E402
 
 NANOGPT_TOKENS_PER_SEC, NANOGPT_PEAK_GIB = 472_000, 11.4  # GPT-2 124M, 16 x 1024, H200
 NANOGPT_BABY_GPT_SECONDS, BABY_GPT_VAL_LOSS = 88, 1.47
@@ -94,11 +96,11 @@ def graphs_compiled(quick: bool) -> tuple[int, int]:
     with torch.no_grad():
         model(torch.randint(0, 68, (1, 16)))
     before = recorder.graphs
-    model.generate([[1, 2, 3]], max_new_tokens=64, temperature=0.8)
+    model.generate([[1, 2, 3]], GenerationSettings(max_new_tokens=64, temperature=0.8))
     generation = recorder.graphs - before
     torch._dynamo.reset()
     with tempfile.TemporaryDirectory() as cache:
-        data = ExamplesDataModule(str(REPO / "data" / "tinyshakespeare.txt"), cache, block_size=256, batch_size=16,
+        data = ExamplesDataModule(text_path=str(REPO / "data" / "tinyshakespeare.txt"), cache_dir=cache, block_size=256, batch_size=16,
                                   mlm_probability=0.15)
         data.prepare_data()
         masked = GPTConfig(vocab_size=data.tokenizer.vocab_size, block_size=256, n_layer=1, n_head=2, n_embd=32,

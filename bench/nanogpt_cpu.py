@@ -1,4 +1,4 @@
-"""nanoGPT's CPU recipe as one plain PyTorch process over ``gpt.model.GPT``: the yardstick that
+"""nanoGPT's CPU recipe as one plain PyTorch process over ``gpt.models.transformer.GPT``: the yardstick that
 ``bench/bench_train.py --whole-run`` times ``python train.py`` against.
 
     python bench/nanogpt_cpu.py
@@ -21,8 +21,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the package is beside it
 
-from gpt.configs import GPTConfig  # noqa: E402
-from gpt.corpus import prepare_windows  # noqa: E402
+from gpt.data.windows import prepare_windows  # noqa: E402
+from gpt.models.configs import GPTConfig  # noqa: E402
 
 BLOCK, BATCH, STEPS, WARMUP, LR, MIN_LR = 64, 12, 2000, 100, 1e-3, 1e-4
 

@@ -1,6 +1,8 @@
 """gpt: train GPT-style language models with PyTorch Lightning and Hydra.
 
-This module holds what every layer of the package shares: its errors, checks and constants.
+The package, in layers (``docs/architecture.md``): the core (this module: errors and constants; ``files``,
+``context``, ``signals``, ``compat``, ``metrics``), then ``models``, ``data``, ``training``, ``eval`` and ``cli``; a
+part imports from its own layer and the ones below only.
 """
 
 IGNORE_INDEX = -100  # the label of positions without a loss (cross_entropy's default ignore_index)

@@ -38,6 +38,9 @@ LIGHTNING_FEW_WORKERS_WARNING = r".*does not have many workers which may be a bo
 # Lightning's advice when an epoch has fewer batches than trainer.log_every_n_steps; the logging interval counts
 # steps across epochs, so a small data set (1,000 arithmetic problems) logs as often as any other
 LIGHTNING_SHORT_EPOCH_WARNING = r".*is smaller than the logging interval"
+# Lightning's warning when a run resumes in the middle of an epoch with a DataLoader that has no state of its own;
+# the data modules restore their position themselves (gpt.data.module.TokenDataModule.first_batch)
+LIGHTNING_MID_EPOCH_RESUME_WARNING = r".*resuming from a checkpoint that ended before the epoch ended"
 
 
 def drop_wandb_anonymous_setting(logger) -> None:

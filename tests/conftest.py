@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,12 @@ from hydra import compose, initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "data" / "tinyshakespeare.txt"
+
+# Each test process, and every process a test starts (they inherit it), uses its share of the cores: two
+# pytest-xdist workers that each start train.py with a torch thread per core would run four threads on two cores,
+# and OpenMP's spinning threads make that far slower on a busy machine. Set before torch is imported.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
 
 # A model small enough to train for a few dozen steps in seconds on a CPU.
 TINY_GPT = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32"]
@@ -24,9 +31,16 @@ def compose_train(*overrides: str, tmp_path: Path, return_hydra_config: bool = F
 
 def run_script(script: str, *overrides: str, timeout: int = 300, env: dict | None = None
                ) -> subprocess.CompletedProcess:
-    """Run one of the project's entry points the way a user does, from the repository root."""
-    return subprocess.run([sys.executable, script, *overrides], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    """Run one of the project's entry points the way a user does, from the repository root; a command that runs
+    past ``timeout`` seconds fails the test, naming the command."""
+    command = [sys.executable, script, *overrides]
+    started = time.monotonic()
+    try:
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as e:
+        output = (e.stderr or b"")[-2000:].decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
+        pytest.fail(f"stopped after {time.monotonic() - started:.0f} s (the limit is {timeout} s): "
+                    f"python {' '.join(command[1:])}\n{output or ''}")
 
 
 def train_tiny(run_dir: Path, *overrides: str, model: list[str] = TINY_GPT, env: dict | None = None

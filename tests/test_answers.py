@@ -11,13 +11,16 @@ import torch
 from torch import nn
 
 from gpt import IGNORE_INDEX, UserError
-from gpt.answers import AnswersDataModule, ArithmeticDataModule, score_answers
-from gpt.arithmetic import problems
-from gpt.configs import GPTConfig
-from gpt.interface import TokenModel
-from gpt.quantize import quantize_int8, weight_bytes
-from gpt.result import read_result
-from gpt.tokenizers import CharTokenizer
+from gpt.data.answers import AnswersDataModule
+from gpt.data.arithmetic import ArithmeticDataModule
+from gpt.data.problems import problems
+from gpt.data.tokenizers import CharTokenizer
+from gpt.eval.exact_match import score_answers
+from gpt.metrics import read_result
+from gpt.models.configs import GPTConfig
+from gpt.models.generate import GenerationSettings
+from gpt.models.interface import TokenModel
+from gpt.models.quantize import quantize_int8, weight_bytes
 
 from conftest import run_script
 
@@ -32,7 +35,7 @@ def jsonl(tmp_path, examples, name="qa.jsonl"):
 
 
 def test_the_loss_is_on_the_answer_and_its_end_token_only(tmp_path):
-    data = AnswersDataModule(str(jsonl(tmp_path, QA * 5)), str(tmp_path / "cache"), block_size=16, batch_size=4,
+    data = AnswersDataModule(text_path=str(jsonl(tmp_path, QA * 5)), cache_dir=str(tmp_path / "cache"), block_size=16, batch_size=4,
                              val_fraction=0.2, bucketing=False)
     data.prepare_data()
     data.setup()
@@ -56,7 +59,7 @@ def test_the_loss_is_on_the_answer_and_its_end_token_only(tmp_path):
 ])
 def test_a_bad_jsonl_line_is_named_before_anything_is_written(tmp_path, line, message):
     path = jsonl(tmp_path, [QA[0], line, QA[1]])
-    data = AnswersDataModule(str(path), str(tmp_path / "cache"), block_size=16, batch_size=4)
+    data = AnswersDataModule(text_path=str(path), cache_dir=str(tmp_path / "cache"), block_size=16, batch_size=4)
     with pytest.raises(UserError, match=re.escape(message)):
         data.prepare_data()
     assert not (tmp_path / "cache").exists()
@@ -85,7 +88,7 @@ def test_test_problems_never_occur_in_training(tmp_path):
         assert len(example["prompt"]) == 6 and example["answer"] == str(a + b).zfill(3)[::-1]
     plain, _ = problems("+", 2, "plain", 10, 10, seed=3, zero_pad=False)
     assert all(e["answer"] == str(sum(map(int, e["prompt"][:-1].split("+")))) for e in plain)
-    data = ArithmeticDataModule(str(tmp_path), block_size=16, batch_size=8, digits=2, train_examples=5000, seed=3)
+    data = ArithmeticDataModule(cache_dir=str(tmp_path), block_size=16, batch_size=8, digits=2, train_examples=5000, seed=3)
     data.prepare_data()
     tokens, offsets, prepared = data.prepared.example_tokens().tokens, data.prepared.example_offsets, data.prepared
     trained = {data.tokenizer.decode(tokens[offsets[i]:offsets[i] + prepared.prompt_lengths[i]].tolist())
@@ -137,12 +140,13 @@ def test_int8_weights_take_a_quarter_and_generate_the_same_tokens():
     torch.manual_seed(0)
     model = GPTConfig(vocab_size=68, block_size=64, n_layer=2, n_head=4, n_embd=128).build().eval()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
-    before, fp32_bytes = model.generate(prompts, 20, temperature=0), weight_bytes(model)
+    greedy = GenerationSettings(max_new_tokens=20, temperature=0)
+    before, fp32_bytes = model.generate(prompts, greedy), weight_bytes(model)
     quantize_int8(model)
     assert model.lm_head.weight is model.wte.weight  # the tied head stays tied, and in float
     blocks = sum(p.numel() * 4 for p in model.blocks.parameters() if p.dim() == 2)
     assert fp32_bytes - weight_bytes(model) > 0.7 * blocks  # the blocks' matrices in int8: a quarter and the scales
-    assert model.generate(prompts, 20, temperature=0) == before
+    assert model.generate(prompts, greedy) == before
 
 
 @pytest.fixture(scope="module")

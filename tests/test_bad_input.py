@@ -10,9 +10,9 @@ from hydra.utils import instantiate
 from omegaconf.errors import OmegaConfBaseException
 
 from gpt import UserError
-from gpt.corpus import prepare_windows
-from gpt.tokenizers import fit_tokenizer, tokenizer_from_dict
-from gpt.checks import TRAIN, check_model, check_values
+from gpt.cli.checks import TRAIN, check_model, check_values
+from gpt.data.tokenizers import fit_tokenizer, tokenizer_from_dict
+from gpt.data.windows import prepare_windows
 
 from conftest import REPO, SHAKESPEARE, compose_train, run_script, train_tiny
 

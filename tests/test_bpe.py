@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import regex
 
-from gpt import UserError, bpe
-from gpt.bpe import GPT2_PATTERN, count_pretokens, encoding_from_dict, encoding_to_dict, gpt2_encoding, train_bpe
-from gpt.corpus import PreparedData
+from gpt import UserError
+from gpt.data import bpe
+from gpt.data.bpe import GPT2_PATTERN, count_pretokens, encoding_from_dict, encoding_to_dict, gpt2_encoding, train_bpe
+from gpt.data.store import PreparedData
 
 SHAKESPEARE = Path(__file__).parents[1] / "data" / "tinyshakespeare.txt"
 TRAIN_CHARS = 200_000

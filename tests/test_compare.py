@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 
-from gpt.compare import best_figure, compact, compare, curves_figure, find_runs, labels
+from gpt.eval.compare import best_figure, compact, compare, curves_figure, find_runs, labels
 
 EXCLUDE_KEYS = ["sweep", "logger", "paths.root_dir", "paths.data_dir", "trainer.enable_progress_bar"]
 

@@ -9,12 +9,13 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 
-from gpt.callbacks import StopOnSignal
-from gpt.compat import (LIGHTNING_FEW_WORKERS_WARNING, LIGHTNING_SHORT_EPOCH_WARNING, drop_wandb_anonymous_setting,
-                        hydra_error_key, is_plain_attribute, relaunches_script, skip_update_if)
-from gpt.configs import GPTConfig
-from gpt.lm import CausalLM
-from gpt.training import quiet_libraries
+from gpt.compat import (LIGHTNING_FEW_WORKERS_WARNING, LIGHTNING_MID_EPOCH_RESUME_WARNING, LIGHTNING_SHORT_EPOCH_WARNING,
+                        drop_wandb_anonymous_setting, hydra_error_key, is_plain_attribute, relaunches_script,
+                        skip_update_if)
+from gpt.models.configs import GPTConfig
+from gpt.training.objectives import CausalLM
+from gpt.training.run import quiet_libraries
+from gpt.training.stops import StopOnSignal
 
 from conftest import compose_train
 
@@ -66,6 +67,13 @@ def test_lightning_still_warns_of_short_epochs_with_the_text_that_is_filtered():
     from lightning.pytorch.loops import fit_loop
 
     assert re.search(LIGHTNING_SHORT_EPOCH_WARNING, inspect.getsource(fit_loop))
+
+
+def test_lightning_still_warns_of_a_mid_epoch_resume_with_the_text_that_is_filtered():
+    from lightning.pytorch.loops import training_epoch_loop
+
+    source = " ".join(inspect.getsource(training_epoch_loop).split())  # its message is split over lines
+    assert re.search(LIGHTNING_MID_EPOCH_RESUME_WARNING, source.replace('" "', ""))
 
 
 def test_lightnings_wandb_logger_passes_the_anonymous_setting_which_can_be_dropped(tmp_path):

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from gpt.configs import GPTConfig
-from gpt.examples import ExamplesDataModule
-from gpt.lm import CausalLM, MaskedLM
+from gpt.data.examples import ExamplesDataModule
+from gpt.models.configs import GPTConfig
+from gpt.models.generate import GenerationSettings
+from gpt.training.objectives import CausalLM, MaskedLM
 
 from conftest import SHAKESPEARE
 
@@ -48,7 +49,7 @@ def test_the_training_step_compiles_the_loss_with_the_model():
 
 def test_varied_padded_batches_compile_a_handful_of_graphs(tmp_path):
     """100 masked-LM batches of Tiny Shakespeare's paragraphs, each padded to a multiple of 64."""
-    data = ExamplesDataModule(str(SHAKESPEARE), str(tmp_path), block_size=256, batch_size=16, mlm_probability=0.15)
+    data = ExamplesDataModule(text_path=str(SHAKESPEARE), cache_dir=str(tmp_path), block_size=256, batch_size=16, mlm_probability=0.15)
     data.prepare_data()
     data.setup()
     lm = MaskedLM(tiny(causal=False), optimizer=torch.optim.AdamW)
@@ -70,6 +71,6 @@ def test_generation_never_compiles_per_token():
     with torch.no_grad():
         model(torch.randint(0, 68, (2, 16)))  # the compiled forward, as training uses it
     compiled = len(recorder.graphs)
-    out = model.generate([[1, 2, 3], [4, 5]], max_new_tokens=64, temperature=0.8, top_k=10)
+    out = model.generate([[1, 2, 3], [4, 5]], GenerationSettings(max_new_tokens=64, temperature=0.8, top_k=10))
     assert [len(row) for row in out] == [67, 66]
     assert len(recorder.graphs) == compiled == 1  # 64 tokens, 64 lengths: all generated without compiling

@@ -2,8 +2,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from gpt.devices import auto_precision
-from gpt.training import trainer_node
+from gpt.training.devices import auto_precision
+from gpt.training.run import trainer_node
 
 from conftest import REPO, compose_train
 

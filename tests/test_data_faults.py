@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt.corpus import PreparedData
+from gpt.data.store import PreparedData
 
 from conftest import REPO, SHAKESPEARE, TINY_GPT, run_script
 from test_safety import one_error_line, small_disk  # noqa: F401 (a fixture)
@@ -41,7 +41,7 @@ def wait_for_line(process: subprocess.Popen, text: str, timeout: float = 120) ->
 def test_a_text_edited_while_it_is_prepared_is_prepared_again(tmp_path):
     text = tmp_path / "corpus.txt"
     text.write_text(SHAKESPEARE.read_text() * 40)  # 45 MB: seconds of reading
-    process = start("prepare.py", f"data.text_path={text}", f"paths.data_dir={tmp_path / 'data'}", "num_proc=1")
+    process = start("prepare.py", f"data.text_path={text}", f"paths.data_dir={tmp_path / 'data'}", "data.num_proc=1")
     try:
         wait_for_line(process, "preparing")
         text.write_text("abc\n" * 200_000)  # another text, with other characters, written while it is read
@@ -85,7 +85,7 @@ def test_sigterm_stops_generating_problems_at_once_and_leaves_nothing(tmp_path):
 def test_sigterm_stops_prepare_py_and_leaves_nothing(tmp_path):
     text = tmp_path / "corpus.txt"
     text.write_text(SHAKESPEARE.read_text() * 40)
-    process = start("prepare.py", f"data.text_path={text}", f"paths.data_dir={tmp_path / 'data'}", "num_proc=2")
+    process = start("prepare.py", f"data.text_path={text}", f"paths.data_dir={tmp_path / 'data'}", "data.num_proc=2")
     try:
         wait_for_line(process, "preparing")
         process.send_signal(signal.SIGTERM)

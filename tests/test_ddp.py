@@ -2,22 +2,21 @@
 and by Lightning, where they train like one process with the same global batch."""
 
 import csv
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO, SHAKESPEARE, TINY_GPT, train_tiny
-from gpt.result import read_result
+from gpt.metrics import read_result
+
+from conftest import SHAKESPEARE, TINY_GPT, run_script, train_tiny
 
 DDP_RUN = ["data.batch_size=8", "trainer.max_steps=30", "trainer.val_every_n_steps=10", "data.val_windows=64",
            "trainer.accelerator=cpu", "global_batch_size=16", "trainer.log_every_n_steps=1"]
 
 
-def val_losses(run_dir) -> list[float]:
+def val_losses(run_dir, metric: str = "val/loss") -> list[float]:
     with open(run_dir / "metrics.csv") as f:
-        return [float(r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")]
+        return [float(r[metric]) for r in csv.DictReader(f) if r.get(metric)]
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
@@ -30,6 +29,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert "1 accumulated" in (two / "train.log").read_text() and "2 accumulated" in (one / "train.log").read_text()
     assert len(val_losses(one)) == 3
     assert torch.allclose(torch.tensor(val_losses(one)), torch.tensor(val_losses(two)), atol=1e-5)
+    # train/loss: the mean over a step's micro-batches (one process) and over the processes (two) of the same batch
+    train_one, train_two = torch.tensor(val_losses(one, "train/loss")), torch.tensor(val_losses(two, "train/loss"))
+    assert len(train_one) == 30 and torch.allclose(train_one, train_two, atol=1e-4)
     weights = [torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for run in (one, two)]
     # within 1/30 of one Adam step (lr 3e-3): the two runs add gradients in different orders, and Adam's
     # normalised update magnifies that rounding where gradients are smallest
@@ -48,12 +50,12 @@ def test_torchrun_on_a_dataset_no_process_has_prepared(tmp_path, data):
     text = tmp_path / "new.txt"
     text.write_text(SHAKESPEARE.read_text()[:200_000])
     run, data_dir = tmp_path / "run", tmp_path / "data"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "train.py",
+    command = ["torch.distributed.run", "--standalone", "--nproc-per-node=2", "train.py",
                *TINY_GPT, *data, f"data.text_path={text}", "data.tokenizer=bpe", "data.vocab_size=2000",
                "data.batch_size=16", "+trainer.limit_val_batches=4", "trainer.enable_progress_bar=false",
                "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=20",
                "trainer.val_every_n_steps=10", f"paths.data_dir={data_dir}", f"hydra.run.dir={run}"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = run_script("-m", *command, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_result(run)["steps"] == 20
     (prepared,) = [path for path in data_dir.iterdir() if path.is_dir()]

@@ -7,13 +7,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from gpt import UserError
-from gpt.lm import CausalLM, MaskedLM
-from gpt.configs import GPTConfig
-from gpt.corpus import PreparedData, prepare_examples
-from gpt.examples import (Examples, ExamplesDataModule, LengthGroupedSampler, MaskingCollate, PadCollate,
-                          padding_fraction)
-from gpt.tokenizers import tokenizer_from_dict
-from gpt.training import check_data_fits
+from gpt.data.examples import (Examples, ExamplesDataModule, LengthGroupedSampler, MaskingCollate, PadCollate,
+                               padding_fraction, prepare_examples)
+from gpt.data.store import PreparedData
+from gpt.data.tokenizers import tokenizer_from_dict
+from gpt.models.configs import GPTConfig
+from gpt.training.objectives import CausalLM, MaskedLM
+from gpt.training.run import check_data_fits
 
 from conftest import SHAKESPEARE
 
@@ -21,7 +21,7 @@ from conftest import SHAKESPEARE
 @pytest.fixture(scope="module")
 def paragraphs(tmp_path_factory):
     """Tiny Shakespeare's paragraphs, prepared once: (data module, tokenizer)."""
-    dm = ExamplesDataModule(str(SHAKESPEARE), str(tmp_path_factory.mktemp("data")), block_size=256, batch_size=64)
+    dm = ExamplesDataModule(text_path=str(SHAKESPEARE), cache_dir=str(tmp_path_factory.mktemp("data")), block_size=256, batch_size=64)
     dm.prepare_data()
     dm.setup()
     return dm, dm.tokenizer
@@ -55,9 +55,9 @@ def test_lines_paragraphs_and_documents(tmp_path):
 
 def test_empty_examples_are_counted_in_the_log(tmp_path, caplog):
     (tmp_path / "t.txt").write_text("one\n\ntwo\n\n\nthree\nfour\n")
-    dm = ExamplesDataModule(str(tmp_path / "t.txt"), str(tmp_path), block_size=3, batch_size=2, example="line")
+    dm = ExamplesDataModule(text_path=str(tmp_path / "t.txt"), cache_dir=str(tmp_path), block_size=3, batch_size=2, example="line")
     dm.prepare_data()
-    with caplog.at_level(logging.INFO, logger="gpt.examples"):
+    with caplog.at_level(logging.INFO, logger="gpt.data.examples"):
         dm.setup()
     assert "3 train and 1 val lines (3 empty skipped); 4 cut to block_size=3 tokens" in caplog.text
 
@@ -81,12 +81,12 @@ def test_texts_without_enough_examples(tmp_path, text, example, message):
 ])
 def test_bad_options(tmp_path, options, message):
     with pytest.raises(UserError, match=message):
-        ExamplesDataModule(str(SHAKESPEARE), str(tmp_path), **{"block_size": 64, "batch_size": 8, **options})
+        ExamplesDataModule(text_path=str(SHAKESPEARE), cache_dir=str(tmp_path), **{"block_size": 64, "batch_size": 8, **options})
 
 
 def test_gpt2_has_no_mask_token_for_a_masked_lm(tmp_path):
     (tmp_path / "t.txt").write_text("To be, or not to be.\n\nThat is the question.\n")
-    dm = ExamplesDataModule(str(tmp_path / "t.txt"), str(tmp_path), block_size=8, batch_size=2,
+    dm = ExamplesDataModule(text_path=str(tmp_path / "t.txt"), cache_dir=str(tmp_path), block_size=8, batch_size=2,
                           tokenizer="gpt2", mlm_probability=0.15, val_fraction=0.5)
     dm.prepare_data()
     with pytest.raises(UserError, match="the gpt2 tokenizer has no \\[MASK\\] token"):
@@ -159,12 +159,13 @@ def test_sampler_reshuffles_per_epoch_and_repeats_with_the_seed():
     assert np.mean([lengths[b].max() - lengths[b].min() for b in unsorted]) > 300
 
 
-def test_masking_follows_bert_and_is_fresh_each_batch(paragraphs):
+def test_masking_follows_bert_and_is_fresh_each_epoch(paragraphs):
     dm, tok = paragraphs
     data = dm.dataset(0, 512)
     examples = [data[i] for i in range(512)]
     plain = PadCollate(tok.pad_id, 256)(examples)
-    collate = MaskingCollate(tok.pad_id, 256, tok.mask_id, tok.special_ids, tok.vocab_size)
+    epoch = [0]
+    collate = MaskingCollate(tok.pad_id, 256, tok.mask_id, tok.special_ids, tok.vocab_size, epoch=lambda: epoch[0])
     batch = collate(examples)
     original, real = plain["input_ids"], plain["attention_mask"]
     chosen = batch["labels"] != -100
@@ -178,7 +179,9 @@ def test_masking_follows_bert_and_is_fresh_each_batch(paragraphs):
     stayed = (inputs[chosen] == original[chosen]).float().mean()
     assert became_mask == pytest.approx(0.8, abs=0.02) and stayed == pytest.approx(0.1 + 0.1 / 65, abs=0.02)
     assert not torch.isin(inputs[chosen & (inputs != tok.mask_id)], torch.tensor(sorted(tok.special_ids))).any()
-    assert not torch.equal(collate(examples)["labels"], batch["labels"])  # dynamic: new masks every batch
+    assert torch.equal(collate(examples)["labels"], batch["labels"])  # within an epoch: a function of the example
+    epoch[0] = 1
+    assert not torch.equal(collate(examples)["labels"], batch["labels"])  # dynamic: new masks every epoch
 
 
 def test_seeded_masking_is_the_same_for_an_example_in_any_batch(paragraphs):
@@ -216,7 +219,7 @@ def test_objective_and_batches_must_match(tmp_path):
         return cls(config, optimizer=torch.optim.AdamW)
 
     def data(**options):
-        return ExamplesDataModule(str(SHAKESPEARE), str(tmp_path), **{"block_size": 64, "batch_size": 8, **options})
+        return ExamplesDataModule(text_path=str(SHAKESPEARE), cache_dir=str(tmp_path), **{"block_size": 64, "batch_size": 8, **options})
 
     with pytest.raises(UserError, match="makes masked-LM batches, but the LM is causal"):
         check_data_fits(lm(CausalLM), data(mlm_probability=0.15))

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from gpt import UserError
-from gpt.hf import save_hf
-from gpt.model import GPTConfig
-from gpt.tokenizers import fit_tokenizer
+from gpt.data.hf import save_hf
+from gpt.data.tokenizers import fit_tokenizer
+from gpt.models.configs import GPTConfig
 
 from conftest import SHAKESPEARE, run_script
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from gpt.cli import hydra_error
-from gpt.optim import warmup_cosine
+from gpt.cli.command_line import hydra_error
+from gpt.training.optim import warmup_cosine
 
 from conftest import REPO, run_script, sweep_tiny, train_tiny
 

@@ -8,13 +8,15 @@ import torch
 from hydra.utils import instantiate
 
 from gpt import UserError
-from gpt.checkpoint import load_initial_weights
-from gpt.corpus import prepare_windows, token_dtype
-from gpt.hf import from_hf, read_hf_state_dict, save_hf
-from gpt.configs import GPTConfig
-from gpt.interface import cross_entropy
-from gpt.tokenizers import CharTokenizer, fit_tokenizer, tokenizer_from_dict
-from gpt.training import build_lm
+from gpt.data.hf import save_hf
+from gpt.data.store import token_dtype
+from gpt.data.tokenizers import CharTokenizer, fit_tokenizer, tokenizer_from_dict
+from gpt.data.windows import prepare_windows
+from gpt.models.configs import GPTConfig
+from gpt.models.hf import gpt2_from_hf, read_hf_state_dict
+from gpt.models.interface import cross_entropy
+from gpt.training.checkpoint import load_initial_weights
+from gpt.training.run import build_lm
 
 from conftest import SHAKESPEARE, compose_train, run_script, train_tiny
 
@@ -78,8 +80,7 @@ def our_config(**changes):
 def test_hf_import_matches_hf_logits(tmp_path):
     hf = small_hf_model()
     hf.save_pretrained(tmp_path)
-    model = our_config().build().eval()
-    model.load_state_dict(from_hf(read_hf_state_dict(tmp_path), model))
+    model = gpt2_from_hf(read_hf_state_dict(tmp_path), our_config()).eval()
     idx = torch.randint(0, 100, (3, 32))
     with torch.no_grad():
         ours, theirs = model(idx)[..., :100], hf(idx).logits
@@ -103,9 +104,8 @@ def test_export_loads_back_into_hf(tmp_path):
 
 def test_hf_shape_mismatch_names_the_tensor(tmp_path):
     small_hf_model().save_pretrained(tmp_path)
-    model = our_config(n_embd=32, n_head=4).build()
     with pytest.raises(UserError, match="shape mismatch at wte.weight"):
-        from_hf(read_hf_state_dict(tmp_path), model)
+        gpt2_from_hf(read_hf_state_dict(tmp_path), our_config(n_embd=32, n_head=4))
 
 
 def test_init_from_crops_block_size(tmp_path):
@@ -145,9 +145,8 @@ def test_padded_vocabulary_gets_no_probability_hf_loss_matches(tmp_path):
         hf.transformer.ln_f.weight[0] = 0.0
         hf.transformer.ln_f.bias[0] = -4.0
     hf.save_pretrained(tmp_path)
-    model = our_config().build().eval()
+    model = gpt2_from_hf(read_hf_state_dict(tmp_path), our_config()).eval()
     assert model.wte.weight.shape[0] == 128
-    model.load_state_dict(from_hf(read_hf_state_dict(tmp_path), model))
     idx = torch.randint(0, 100, (3, 32))
     with torch.no_grad():
         theirs = hf(idx, labels=idx)

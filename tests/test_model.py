@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from gpt import UserError
-from gpt.configs import BigramConfig, GPTConfig
-from gpt.generate import sample_next
+from gpt.models.configs import BigramConfig, GPTConfig
+from gpt.models.generate import GenerationSettings, sample_next
 
 
 def tiny_gpt(**options) -> GPTConfig:
@@ -44,7 +44,8 @@ def test_generate_crops_long_context():
     for model in (tiny_gpt().build(), tiny_gpt(pos="rope").build(), BigramConfig(vocab_size=50, block_size=8).build()):
         prompt = torch.randint(0, 50, (2, 40))  # longer than block_size
         for use_cache in (True, False):
-            out = model.generate(prompt, max_new_tokens=30, temperature=0.8, top_k=10, top_p=0.9, use_cache=use_cache)
+            settings = GenerationSettings(max_new_tokens=30, temperature=0.8, top_k=10, top_p=0.9, use_cache=use_cache)
+            out = model.generate(prompt, settings)
             assert [len(row) for row in out] == [70, 70] and out[0][:40] == prompt[0].tolist()
             assert max(max(row) for row in out) < 50
 
@@ -54,10 +55,10 @@ def test_kv_cache_gives_the_same_greedy_tokens(pos):
     torch.manual_seed(0)
     model = tiny_gpt(pos=pos, block_size=32).build().eval()
     prompts = [[1, 2, 3, 4, 5], [7, 8], [9]]  # different lengths share one left-padded batch
-    cached = model.generate(prompts, max_new_tokens=20, temperature=0, use_cache=True)
-    recomputed = model.generate(prompts, max_new_tokens=20, temperature=0, use_cache=False)
+    cached = model.generate(prompts, GenerationSettings(max_new_tokens=20, temperature=0, use_cache=True))
+    recomputed = model.generate(prompts, GenerationSettings(max_new_tokens=20, temperature=0, use_cache=False))
     assert cached == recomputed
-    alone = [model.generate([p], max_new_tokens=20, temperature=0)[0] for p in prompts]
+    alone = [model.generate([p], GenerationSettings(max_new_tokens=20, temperature=0))[0] for p in prompts]
     assert cached == alone  # padding next to longer prompts changes nothing
 
 
@@ -78,8 +79,9 @@ def sharp_gpt(pos: str) -> torch.nn.Module:
 def test_each_prompt_of_a_batch_gets_what_it_gets_alone(pos, use_cache):
     model = sharp_gpt(pos)  # block_size 16
     prompts = [[3, 4], list(range(5, 19)), [7, 8, 9, 10, 11, 12, 13, 14, 15]]  # 2, 14 and 9 tokens
-    batched = model.generate(prompts, max_new_tokens=14, temperature=0, use_cache=use_cache)
-    alone = [model.generate([p], max_new_tokens=14, temperature=0, use_cache=use_cache)[0] for p in prompts]
+    batched = model.generate(prompts, GenerationSettings(max_new_tokens=14, temperature=0, use_cache=use_cache))
+    settings = GenerationSettings(max_new_tokens=14, temperature=0, use_cache=use_cache)
+    alone = [model.generate([p], settings)[0] for p in prompts]
     assert batched == alone
 
 
@@ -87,16 +89,16 @@ def test_each_prompt_of_a_batch_gets_what_it_gets_alone(pos, use_cache):
 def test_past_the_context_the_cache_gives_the_tokens_of_recomputation(pos):
     model = sharp_gpt(pos)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]]
-    cached = model.generate(prompts, max_new_tokens=40, temperature=0, use_cache=True)
-    assert cached == model.generate(prompts, max_new_tokens=40, temperature=0, use_cache=False)
+    cached = model.generate(prompts, GenerationSettings(max_new_tokens=40, temperature=0, use_cache=True))
+    assert cached == model.generate(prompts, GenerationSettings(max_new_tokens=40, temperature=0, use_cache=False))
     assert [len(row) for row in cached] == [43, 51]  # far past block_size=16
 
 
 def test_generation_stops_at_end_token():
     model = tiny_gpt().build().eval()
-    first = model.generate([[1, 2]], max_new_tokens=10, temperature=0)[0]
+    first = model.generate([[1, 2]], GenerationSettings(max_new_tokens=10, temperature=0))[0]
     eot = first[4]  # pretend the third new token is the end token
-    out = model.generate([[1, 2]], max_new_tokens=10, temperature=0, eot_id=eot)[0]
+    out = model.generate([[1, 2]], GenerationSettings(max_new_tokens=10, temperature=0, stop_ids={eot}))[0]
     assert out[-1] == eot and len(out) <= 5 and out == first[: len(out)]
 
 
@@ -150,7 +152,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 
 def test_rope_scores_depend_only_on_relative_position():
-    from gpt.model import Rotary
+    from gpt.models.transformer import Rotary
 
     rotary = Rotary(tiny_gpt(pos="rope", block_size=64))
     q, k = torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16)
@@ -171,5 +173,6 @@ def test_swiglu_keeps_the_mlp_parameter_count():
 def test_suppressed_tokens_are_never_generated():
     torch.manual_seed(0)
     model = tiny_gpt().build().eval()
-    out = model.generate([[1, 2]], max_new_tokens=200, temperature=2.0, suppress_ids={3, 4, 5})[0]
+    out = model.generate([[1, 2]], GenerationSettings(max_new_tokens=200, temperature=2.0,
+                                                               suppress_ids={3, 4, 5}))[0]
     assert len(out) == 202 and not {3, 4, 5} & set(out[2:])

@@ -3,10 +3,10 @@ steps, the size of every layer's activations must not depend on the width; in th
 
 import torch
 
-from gpt.configs import GPTConfig
-from gpt.interface import cross_entropy
-from gpt.optim import build_optimizer
-from gpt.tokenizers import CharTokenizer
+from gpt.data.tokenizers import CharTokenizer
+from gpt.models.configs import GPTConfig
+from gpt.models.interface import cross_entropy
+from gpt.training.optim import build_optimizer
 
 from conftest import SHAKESPEARE
 

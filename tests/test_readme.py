@@ -5,16 +5,14 @@ counts) appended to their train.py commands."""
 
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from gpt.checks import EXPORT, PREPARE, SAMPLE, TRAIN
-from gpt.cli import check_command_line
+from gpt.cli.checks import EXPORT, PREPARE, SAMPLE, TRAIN
+from gpt.cli.command_line import check_command_line
 
-from conftest import REPO, SHAKESPEARE
+from conftest import REPO, SHAKESPEARE, run_script
 
 README = (REPO / "README.md").read_text()
 ENTRY_POINTS = {"train.py": TRAIN, "sample.py": SAMPLE, "prepare.py": PREPARE, "export.py": EXPORT}
@@ -71,7 +69,7 @@ def run_block(marker: str, commands: list[str], tmp_path: Path) -> None:
             words += [*overrides, *run_dir, f"paths.data_dir={tmp_path / 'data'}"]
         elif words[1] == "prepare.py":
             words += [f"paths.data_dir={tmp_path / 'data'}"]
-        done = subprocess.run([sys.executable, *words[1:]], cwd=REPO, capture_output=True, text=True, timeout=600)
+        done = run_script(words[1], *words[2:], timeout=600)
         assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
 
 

@@ -1,15 +1,20 @@
 """Resume, checkpoint safety and the guards, with real runs of train.py."""
 
 import csv
+import json
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 import torch
 
-from conftest import REPO, SHORT_RUN, TINY_GPT, run_script, train_tiny
+from gpt.training.run import train
+
+from conftest import REPO, SHAKESPEARE, SHORT_RUN, TINY_GPT, compose_train, run_script, train_tiny
 
 # dropout makes the run depend on the random number generator, which must be restored too
 RESUMABLE = ["model.dropout=0.1", "trainer.max_steps=200", "trainer.val_every_n_steps=50",
@@ -84,7 +89,7 @@ def test_resume_without_checkpoints_says_so(tmp_path):
 
 
 def test_compiled_weights_load_into_an_uncompiled_model(tiny_run, tmp_path):
-    from gpt.checkpoint import model_from_checkpoint, model_state
+    from gpt.training.checkpoint import model_from_checkpoint, model_state
 
     model, _, _ = model_from_checkpoint(tiny_run / "checkpoints" / "best.ckpt")
     # the eager backend wraps the model as the default one does, without importing the inductor compiler
@@ -94,15 +99,67 @@ def test_compiled_weights_load_into_an_uncompiled_model(tiny_run, tmp_path):
     assert plain.keys() == model.state_dict().keys()
 
 
-OLD_CHECKPOINT = REPO / "tests" / "data" / "e454eb4-char-1layer.ckpt"  # written by main at e454eb4 (1 layer, 16 wide)
+OLD_CHECKPOINTS = {
+    # its record was the run's Hydra config (the model as a node naming gpt.model.GPTConfig), and no checksum
+    "e454eb4": REPO / "tests" / "data" / "e454eb4-char-1layer.ckpt",
+    # the model record named gpt.configs.GPTConfig, before the package had sub-packages
+    "45f048b": REPO / "tests" / "data" / "45f048b-char-1layer.ckpt",
+}
 
 
-def test_a_checkpoint_of_the_previous_format_samples_and_resumes(tmp_path):
-    """Its record was the run's Hydra config (the model as a node naming gpt.model.GPTConfig) and no checksum."""
-    sample = run_script("sample.py", f"ckpt_path={OLD_CHECKPOINT}", "prompt=ROMEO:", "max_new_tokens=10")
+@pytest.mark.parametrize("version", sorted(OLD_CHECKPOINTS))
+def test_a_checkpoint_of_an_earlier_format_samples_and_resumes(tmp_path, version):
+    checkpoint = OLD_CHECKPOINTS[version]
+    sample = run_script("sample.py", f"ckpt_path={checkpoint}", "prompt=ROMEO:", "max_new_tokens=10")
     assert sample.returncode == 0 and sample.stdout.split("\n", 1)[1].startswith("ROMEO:"), sample.stderr
-    assert "written by an older version, without a checksum: its tensors are not verified" in sample.stderr
+    unverified = "written by an older version, without a checksum: its tensors are not verified" in sample.stderr
+    assert unverified == (version == "e454eb4")
     old = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16"]
-    resumed = train_tiny(tmp_path / "run", f"ckpt_path={OLD_CHECKPOINT}", "trainer.max_steps=40", model=old)
+    resumed = train_tiny(tmp_path / "run", f"ckpt_path={checkpoint}", "trainer.max_steps=40", model=old)
     assert resumed.returncode == 0, resumed.stderr
     assert checkpoint_step(tmp_path / "run" / "checkpoints" / "last.ckpt") == 40
+
+
+def small_text(path: Path) -> Path:
+    """About 60 training paragraphs: a run of 40 steps of 8 goes through several epochs."""
+    path.write_text("\n\n".join(SHAKESPEARE.read_text().split("\n\n")[:70]))
+    return path
+
+
+def qa_lines(path: Path) -> Path:
+    path.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n"
+                            for a in range(20) for b in range(10)))
+    return path
+
+
+FORMATS = {
+    "windows": lambda tmp: [],
+    "examples": lambda tmp: ["data=examples", f"data.text_path={small_text(tmp / 'small.txt')}", "data.batch_size=8"],
+    "masked": lambda tmp: ["lm=masked", "data=examples", f"data.text_path={small_text(tmp / 'small.txt')}",
+                           "data.batch_size=8"],
+    "jsonl": lambda tmp: ["data=jsonl", f"data.text_path={qa_lines(tmp / 'qa.jsonl')}", "data.batch_size=16",
+                          "data.eval_examples=20"],
+    "arithmetic": lambda tmp: ["data=arithmetic", "data.train_examples=1000", "data.test_examples=50",
+                               "data.batch_size=32", "callbacks.checkpoints.monitor=val/exact_match"],
+}
+
+
+@pytest.mark.parametrize("data", sorted(FORMATS))
+def test_every_data_format_resumes_where_it_stopped(tmp_path, data):
+    """40 steps straight, against 20 steps and a resume to 40 (the schedule of 40 steps in both): the same weights
+    to the bit, as every format's data module restores its position (and a masked LM its masks)."""
+    common = [*TINY_GPT, *FORMATS[data](tmp_path), "scheduler.max_steps=40", "scheduler.warmup_steps=5",
+              "trainer.val_every_n_steps=10", "trainer.enable_progress_bar=false", "callbacks.text_samples=null",
+              f"paths.data_dir={tmp_path / 'data'}"]
+    if data == "windows":
+        common.append("data.val_windows=16")
+    runs = {}
+    for name, stops in (("straight", [40]), ("resumed", [20, 40])):
+        for i, steps in enumerate(stops):
+            cfg = compose_train(*common, f"trainer.max_steps={steps}", *(["ckpt_path=last"] if i else []),
+                                tmp_path=tmp_path / name)
+            train(cfg)
+        runs[name] = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
+    assert runs["straight"]["global_step"] == runs["resumed"]["global_step"] == 40
+    straight, resumed = runs["straight"]["state_dict"], runs["resumed"]["state_dict"]
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)

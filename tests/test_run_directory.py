@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt.result import read_result
+from gpt.metrics import read_result
 
 from conftest import REPO, SHORT_RUN, TINY_GPT, run_script, train_tiny
 from test_safety import LONG_RUN, one_error_line, start_training, step_of, wait_for_steps
@@ -62,8 +62,7 @@ def test_a_second_sweep_into_the_same_directory_changes_nothing_of_the_first(tmp
         wait_for(sweep / "multirun.yaml", first)
         time.sleep(1)
         before = {path: path.read_text() for path in [sweep / "multirun.yaml", *sweep.glob("0/.hydra/*.yaml")]}
-        second = subprocess.run([sys.executable, "train.py", "-m", *TINY_GPT, "seed=3,4", f"hydra.sweep.dir={sweep}"],
-                                cwd=REPO, capture_output=True, text=True, timeout=120)
+        second = run_script("train.py", "-m", *TINY_GPT, "seed=3,4", f"hydra.sweep.dir={sweep}", timeout=120)
         line = one_error_line(second, only_line=True)
         assert f"{sweep} is in use by another sweep (process {first.pid} on host" in line
         assert {path: path.read_text() for path in before} == before
@@ -125,7 +124,7 @@ def test_the_stop_message_gives_the_command_that_resumes(tmp_path):
     command = stderr.strip().splitlines()[-1].split("resume with: ", 1)[1]
     words = shlex.split(command)
     assert words[:2] == ["python", "train.py"] and words[-2:] == [f"hydra.run.dir={run}", "ckpt_path=last"]
-    resumed = subprocess.run([sys.executable, *words[1:]], cwd=REPO, capture_output=True, text=True, timeout=300)
+    resumed = run_script(words[1], *words[2:])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert read_result(run)["steps"] == 300 and "stopped" not in read_result(run)
 

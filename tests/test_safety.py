@@ -17,13 +17,15 @@ import pytest
 import torch
 
 from gpt import RunStopped, UserError
-from gpt.callbacks import Checkpoints, StopOnSignal
-from gpt.checkpoint import load_checkpoint, write_checkpoint
-from gpt.configs import GPTConfig, ModelConfig
-from gpt.corpus import PreparedData, prepare_windows
-from gpt.lm import CausalLM
-from gpt.result import read_result
-from gpt.training import quiet_libraries
+from gpt.data.store import PreparedData
+from gpt.data.windows import prepare_windows
+from gpt.metrics import read_result
+from gpt.models.configs import GPTConfig, ModelConfig
+from gpt.training.checkpoint import load_checkpoint, write_checkpoint
+from gpt.training.checkpoints import Checkpoints
+from gpt.training.objectives import CausalLM
+from gpt.training.run import quiet_libraries
+from gpt.training.stops import StopOnSignal
 
 from conftest import REPO, SHAKESPEARE, SHORT_RUN, TINY_GPT, run_script, train_tiny
 

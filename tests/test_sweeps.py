@@ -9,8 +9,9 @@ import pytest
 import yaml
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
+from gpt.eval.compare import find_runs, swept
+
 from conftest import REPO, compose_train, sweep_tiny
-from gpt.compare import find_runs, swept
 from wandb_offline import offline_runs
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from gpt import UserError
-from gpt.tokenizers import CharTokenizer, fit_tokenizer, tokenizer_from_dict
+from gpt.data.tokenizers import CharTokenizer, fit_tokenizer, tokenizer_from_dict
 
 from conftest import SHAKESPEARE
 

@@ -6,8 +6,9 @@ import importlib.util
 import pytest
 import torch
 
+from gpt.metrics import read_result
+
 from conftest import run_script, train_tiny
-from gpt.result import read_result
 
 
 def read_metrics(run_dir):
@@ -56,10 +57,12 @@ def test_sample_bad_input(tiny_run, overrides, message):
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}")
 
 
-def test_missing_data_file(tmp_path):
+def test_missing_data_file_is_one_line_before_any_library_loads(tmp_path):
     result = train_tiny(tmp_path / "run", "data=text", f"data.text_path={tmp_path / 'missing.txt'}")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: data file not found")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: data.text_path={tmp_path / 'missing.txt'}: no such file or directory; give a UTF-8 text file or a "
+        "directory of *.txt files (a JSONL file for data=jsonl)")
+    assert not (tmp_path / "run").exists()
 
 
 def test_misspelled_override(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt.checkpoint import tensor_checksum
+from gpt.training.checkpoint import tensor_checksum
 
 from conftest import run_script, train_tiny
 from test_safety import one_error_line

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from gpt.training.loggers import wandb_offline
+
 from conftest import train_tiny
-from gpt.loggers import wandb_offline
 from wandb_offline import offline_runs
 
 

@@ -6,8 +6,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from gpt import UserError
-from gpt.corpus import PreparedData, TokenFile, prepare_windows, prepared_dir
-from gpt.windows import FixedWindows, RandomWindows, WindowsDataModule
+from gpt.data.store import PreparedData, TokenFile, prepared_name
+from gpt.data.windows import FixedWindows, RandomWindows, WindowsDataModule, prepare_windows
 
 from conftest import SHAKESPEARE
 
@@ -89,7 +89,7 @@ def test_missing_empty_and_non_utf8_files(tmp_path):
 
 def test_text_shorter_than_a_block(tmp_path):
     (tmp_path / "short.txt").write_text("To be, or not to be: that is the question.\n")
-    dm = WindowsDataModule(str(tmp_path / "short.txt"), str(tmp_path), block_size=64, batch_size=2)
+    dm = WindowsDataModule(text_path=str(tmp_path / "short.txt"), cache_dir=str(tmp_path), block_size=64, batch_size=2)
     dm.prepare_data()
     with pytest.raises(UserError, match="too short"):
         dm.setup("fit")
@@ -100,7 +100,7 @@ def test_texts_of_the_same_name_get_their_own_directories(tmp_path):
     for folder, line in ((first, "first corpus\n"), (second, "second corpus\n")):
         (folder / "sub").mkdir(parents=True)
         (folder / "sub" / "part.txt").write_text(line * 50)  # found in a subdirectory too
-    dirs = [prepared_dir(tmp_path / "data", folder, "char") for folder in (first, second)]
+    dirs = [tmp_path / "data" / prepared_name(folder, "char") for folder in (first, second)]
     assert dirs[0] != dirs[1] and dirs[0].name.startswith("texts-") and dirs[0].name.endswith("-char")
     for folder, out in zip((first, second), dirs):
         prepare_windows(folder, out)

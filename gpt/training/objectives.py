@@ -1,0 +1,187 @@
+"""LightningModules: the training objective around a model (any ``gpt.models.interface.TokenModel``).
+
+Every batch is a dict (``gpt.datamodule``): ``input_ids``, ``labels`` (what each position is trained to predict,
+-100 where nothing) and, for padded batches, ``attention_mask``. The data says which tokens are predicted (the next
+one, or the masked ones); the module says what the model must be (causal or bidirectional).
+"""
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import FSDPStrategy
+
+from gpt import IGNORE_INDEX, TrainingDiverged, UserError
+from gpt.compat import is_plain_attribute, skip_update_if
+from gpt.models.configs import ModelConfig
+from gpt.models.interface import cross_entropy
+from gpt.training.checkpoint import CheckpointRecord
+from gpt.training.devices import can_compile
+from gpt.training.optim import build_optimizer
+
+log = logging.getLogger(__name__)
+
+
+class LanguageModel(L.LightningModule):
+    """What the objectives share: the model built from its config, the optimizer and scheduler, the validation
+    loss, the guard against non-finite gradients, and the checkpoint record (``gpt.training.checkpoint.CheckpointRecord``)
+    stored in every checkpoint.
+
+    A training step never waits for the device: the guard's count of skipped steps stays there, and is read
+    every ``trainer.log_every_n_steps`` steps, as the loss is by ``gpt.training.monitoring.TrainingMetrics``."""
+
+    causal = True  # the attention the objective needs
+    wrong_attention = ("lm=causal needs a model with causal attention, model.causal=true: a bidirectional one sees "
+                       "the token it predicts")
+
+    def __init__(self, model_config: ModelConfig, optimizer: Callable, scheduler: Callable | None = None,
+                 record: CheckpointRecord | None = None, max_nonfinite_skips: int | None = 3,
+                 compile: bool | str = "auto"):
+        super().__init__()
+        if getattr(model_config, "causal", True) != self.causal:
+            raise UserError(self.wrong_attention)
+        self.model = model_config.build()
+        self.compile_mode = compile
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.record = record and replace(record, model=self.model.config)
+        self.max_nonfinite_skips = max_nonfinite_skips
+        self.nonfinite_steps, self.nonfinite_seen = None, 0  # skipped steps: on the device, and as last read
+        self.nonfinite_checked_at = 0  # the optimizer step of the last read
+
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning sets a few plain attributes, such as the name of the hook it calls, several times a step, and
+        # nn.Module.__setattr__ checks each value for parameters, buffers and modules. A plain value for a plain
+        # attribute (one in __dict__, which parameters, buffers and modules never are) goes straight in instead.
+        if isinstance(value, (str, int, float, type(None))) and is_plain_attribute(self, name):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def configure_model(self) -> None:
+        """torch.compile the model in place (its state dict keys unchanged); ``auto``: on CUDA only. The loss is
+        computed inside the model, so it is part of the compiled graph."""
+        device = self.trainer.strategy.root_device
+        if self.compile_mode is True or (self.compile_mode == "auto" and device.type == "cuda"):
+            if problem := can_compile(device):
+                log.warning("lm.compile: torch.compile does not work here (%s); running without it", problem)
+            else:
+                self.model.compile()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's mean loss over its labelled positions."""
+        return self.model(batch["input_ids"], labels=batch["labels"], attention_mask=self.attention_mask(batch))
+
+    def attention_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """None for a causal model: batches are padded on the right, so a real token never sees the padding after
+        it and its position is the one it has alone, and attention takes its fast causal path without a mask."""
+        return None if self.causal else batch.get("attention_mask")
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """The loss, and as ``train_loss`` the same value for ``gpt.training.monitoring.TrainingMetrics`` to log (Lightning
+        divides ``loss`` by the gradient accumulation before the callbacks see it)."""
+        loss = self(batch)
+        return {"loss": loss, "train_loss": loss.detach()}
+
+    def on_train_start(self) -> None:
+        self.nonfinite_steps = torch.zeros((), dtype=torch.long, device=self.device)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip as configured; with the guard on, also skip the update when a gradient is NaN or infinite. The
+        guard uses the gradient norm that clipping by norm computes anyway."""
+        by_norm = gradient_clip_algorithm in (None, "norm") and not isinstance(self.trainer.strategy, FSDPStrategy)
+        if self.max_nonfinite_skips is None or not by_norm:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            if self.max_nonfinite_skips is None:
+                return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)  # the same on every rank: gradients are reduced by now
+        if gradient_clip_val and by_norm:
+            torch.nn.utils.clip_grads_with_norm_(self.parameters(), gradient_clip_val, norm)
+        nonfinite = ~torch.isfinite(norm)
+        skip_update_if(optimizer, nonfinite)
+        self.nonfinite_steps += nonfinite
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # once per logging step: with gradient accumulation, several micro-batches end at the same global_step
+        step = self.global_step
+        if (self.max_nonfinite_skips is not None and step % self.trainer.log_every_n_steps == 0
+                and step != self.nonfinite_checked_at):
+            self.nonfinite_checked_at = step
+            self.check_nonfinite()
+
+    def check_nonfinite(self) -> None:
+        """Warn about steps skipped since the last check; stop once more than ``max_nonfinite_skips`` were."""
+        skipped = int(self.nonfinite_steps)
+        if skipped == self.nonfinite_seen:
+            return
+        new, self.nonfinite_seen = skipped - self.nonfinite_seen, skipped
+        if skipped > self.max_nonfinite_skips:
+            kept = [path for cb in self.trainer.checkpoint_callbacks
+                    for path in (cb.last_model_path, cb.best_model_path) if path]
+            raise TrainingDiverged(f"the loss or its gradient was NaN or infinite in {skipped} steps up to step "
+                                   f"{self.global_step} (lm.max_nonfinite_skips={self.max_nonfinite_skips}); stopped, "
+                                   f"the last good checkpoint is {kept[0] if kept else 'none yet'}; lower optim.lr "
+                                   "or check the data")
+        log.warning("%d step(s) up to step %d had a NaN or infinite gradient: their updates were skipped "
+                    "(%d of %d allowed)", new, self.global_step, skipped, self.max_nonfinite_skips)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.log_validation(batch, self(batch))
+
+    def log_validation(self, batch: dict[str, torch.Tensor], loss: torch.Tensor) -> None:
+        n_labels = int((batch["labels"] != IGNORE_INDEX).sum())  # batches count by their number of predictions
+        self.log("val/loss", loss, batch_size=n_labels, prog_bar=True, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        # the x axis of every logger: optimizer steps done, as in the log, the checkpoints and result.json
+        self.log("step", float(self.global_step), sync_dist=True)
+
+    def configure_optimizers(self):
+        # fused AdamW: one kernel for all parameters, and the way the guard skips a step without waiting
+        optimizer = build_optimizer(self.model, self.optimizer_factory, fused=self.device.type in ("cuda", "cpu"))
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.record is not None:
+            self.record.write_into(checkpoint)
+        # dropout's random numbers, so that a resumed run continues exactly
+        checkpoint["rng"] = {"torch": torch.get_rng_state(),
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng")
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # restored here rather than on load: creating the data iterators in between draws random numbers
+        rng, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+class CausalLM(LanguageModel):
+    """Next-token prediction: on windows of a token stream or on padded examples, whose labels are the next tokens
+    (or the answer tokens only, for prompt -> answer examples)."""
+
+
+class MaskedLM(LanguageModel):
+    """Masked-token prediction (BERT's objective) with bidirectional attention, on batches masked by
+    ``gpt.data.examples.MaskingCollate``. Validation also logs ``val/mlm_acc``, the accuracy on masked tokens."""
+
+    causal = False
+    wrong_attention = "lm=masked needs a model with bidirectional attention: model.causal=false (lm=masked sets it)"
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self.model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        labels = batch["labels"]
+        self.log_validation(batch, cross_entropy(logits, labels))
+        masked = labels != IGNORE_INDEX
+        correct = (logits[masked].argmax(dim=-1) == labels[masked]).sum()
+        self.log("val/mlm_acc", correct / max(int(masked.sum()), 1), batch_size=int(masked.sum()), prog_bar=True,
+                 sync_dist=True)
