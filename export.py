@@ -43,5 +43,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_command_line("export", EXPORT, also=check_out_dir)
+    check_command_line("export", EXPORT, also=check_out_dir, doc=__doc__)
     main()

@@ -29,5 +29,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_command_line("prepare", PREPARE)
+    check_command_line("prepare", PREPARE, doc=__doc__)
     main()

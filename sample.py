@@ -124,5 +124,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv[1:] = quote_prompt(sys.argv[1:])
-    check_command_line("sample", SAMPLE, also=check_device)
+    check_command_line("sample", SAMPLE, also=check_device, doc=__doc__)
     main()

@@ -1,4 +1,12 @@
-"""Train a model: ``python train.py [overrides]`` (see README.md)."""
+"""Train a model: ``python train.py [group=option ...] [key=value ...]``, composed by Hydra from conf/train.yaml.
+
+    python train.py                                     # a char GPT on Tiny Shakespeare, 2000 steps
+    python train.py model=gpt2 data=text data.text_path=my.txt
+    python train.py hydra.run.dir=runs/a ckpt_path=last # resume the run of runs/a
+    python train.py -m optim.lr=1e-3,3e-4               # a sweep: one job per value
+
+docs/training.md says more.
+"""
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,5 +30,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    check_command_line("train", TRAIN, also=check_train)
+    check_command_line("train", TRAIN, also=check_train, doc=__doc__)
     main()

@@ -34,5 +34,6 @@ def available_memory() -> int | None:
     return None
 
 
-def gigabytes(n: int) -> str:
-    return f"{n / 1e9:.1f} GB"
+def format_bytes(n: int) -> str:
+    """An amount of memory for people: 42 MB, 17.6 GB."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"

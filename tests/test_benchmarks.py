@@ -3,9 +3,12 @@
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
+@pytest.mark.slow  # a minute of whole processes: what it checks is the GPU script, which CPU runs change rarely
 def test_the_gpu_suite_runs_every_row_quickly_on_a_cpu():
     done = subprocess.run([sys.executable, "bench/gpu_suite.py", "--quick"], cwd=REPO, capture_output=True, text=True,
                           timeout=600)

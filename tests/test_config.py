@@ -89,3 +89,10 @@ def test_debug_presets_compose(debug, setting, tmp_path):
     assert cfg.trainer[setting[0]] == setting[1]
     trainer = instantiate(trainer_node(cfg), precision=auto_precision(cfg.trainer.precision), logger=False)
     assert trainer.fast_dev_run == (debug == "fdr")
+
+
+@pytest.mark.parametrize("monitor, direction", [("val/loss", "minimize"), ("val/exact_match", "maximize")])
+def test_optunas_direction_follows_the_monitors_declaration(tmp_path, monitor, direction):
+    cfg = compose_train("sweep=optuna", f"callbacks.checkpoints.monitor={monitor}", tmp_path=tmp_path,
+                        return_hydra_config=True)
+    assert cfg.hydra.sweeper.direction == direction

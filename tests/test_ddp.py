@@ -44,7 +44,8 @@ def test_global_batch_must_divide(tmp_path):
     assert "global_batch_size=20 is not a multiple of data.batch_size=8 x 1 device(s) = 8" in result.stderr
 
 
-@pytest.mark.parametrize("data", [["data=text", "data.val_windows=64"], ["data=examples", "data.example=line"]])
+@pytest.mark.parametrize("data", [["data=text", "data.val_windows=64"],
+                                  pytest.param(["data=examples", "data.example=line"], marks=pytest.mark.slow)])
 def test_torchrun_on_a_dataset_no_process_has_prepared(tmp_path, data):
     """Both processes start at once and want the same token files: one prepares them, the other waits."""
     text = tmp_path / "new.txt"

@@ -6,6 +6,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from hydra.errors import MissingConfigException
 from gpt.cli.command_line import hydra_error
 from gpt.training.optim import warmup_cosine
 
-from conftest import REPO, run_script, sweep_tiny, train_tiny
+from conftest import REPO, SHAKESPEARE, run_script, sweep_tiny, train_tiny
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="about machines without a GPU")
 
@@ -30,7 +31,7 @@ def test_several_devices_without_a_gpu_are_refused_with_what_they_would_need(tmp
     assert re.fullmatch(r"error: trainer.devices=4 but no GPU was found: 4 CPU processes of this model would need "
                         r"about [\d.]+ GB of memory \([\d.]+ GB each\); to train with CPU processes on purpose: "
                         r"trainer.accelerator=cpu trainer.devices=4", line)
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()  # refused before the data is prepared
 
 
 def test_cpu_processes_that_do_not_fit_in_memory_are_refused(tmp_path):
@@ -100,3 +101,68 @@ def test_an_optuna_search_keeps_its_study_in_sqlite(tmp_path):
     with sqlite3.connect(database) as db:
         states = [state for (state,) in db.execute("select state from trials")]
     assert states == ["COMPLETE", "COMPLETE"]
+
+
+# --------------------------------------------------------------------------- the third pass
+
+
+def small_text(tmp_path) -> Path:
+    """The first 8,000 characters of Tiny Shakespeare: 50 paragraphs, 45 of them for training."""
+    path = tmp_path / "small.txt"
+    path.write_text(SHAKESPEARE.read_text()[:8000])
+    return path
+
+
+def test_data_smaller_than_one_batch_is_refused_with_the_counts_and_the_fix(tmp_path):
+    """The README's own masked LM on a text of 50 paragraphs (causal batches of examples take the same path)."""
+    text = small_text(tmp_path)
+    line = error_line(run_script("train.py", "lm=masked", "data=examples", f"data.text_path={text}",
+                                 f"hydra.run.dir={tmp_path / 'run'}", f"paths.data_dir={tmp_path / 'data'}"))
+    assert line == (f"error: {text} has 45 training examples per device, fewer than one batch of "
+                    "data.batch_size=64; use data.batch_size=22 or less, or more examples")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_jsonl_file_smaller_than_one_batch_is_refused(tmp_path):
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(f'{{"prompt": "{i}+1=", "answer": "{i + 1}"}}\n' for i in range(50)))
+    line = error_line(run_script("train.py", "data=jsonl", f"data.text_path={qa}", f"hydra.run.dir={tmp_path / 'r'}",
+                                 f"paths.data_dir={tmp_path / 'data'}"))
+    assert "has 45 training examples per device, fewer than one batch of data.batch_size=64" in line
+
+
+def test_a_bpe_larger_than_its_text_says_which_size_works_and_leaves_nothing(tmp_path):
+    line = error_line(run_script("prepare.py", f"data.text_path={small_text(tmp_path)}", "data.tokenizer=bpe",
+                                 "data.vocab_size=4096", f"paths.data_dir={tmp_path / 'data'}"))
+    found = re.fullmatch(r"error: data.vocab_size=4096 is more than this training text supports: at most (\d+) "
+                         r"tokens \(the 256 bytes, the (\d+) merges it has, 3 special tokens\); use "
+                         r"data.vocab_size=(\d+) or less, or more text", line)
+    assert found and int(found[1]) == int(found[3]) == 256 + int(found[2]) + 3
+    assert not (tmp_path / "data").exists()  # nor its lock
+    works = run_script("prepare.py", f"data.text_path={small_text(tmp_path)}", "data.tokenizer=bpe",
+                       f"data.vocab_size={found[1]}", f"paths.data_dir={tmp_path / 'data'}")
+    assert works.returncode == 0, works.stderr[-2000:]
+
+
+@pytest.mark.parametrize("script, has", [
+    ("train.py", ["Config groups", "model: bigram, gpt, gpt2", "global_batch_size"]),
+    ("sample.py", ["ckpt_path: ???", "temperature"]),
+    ("prepare.py", ["data: arithmetic, examples, jsonl"]),
+    ("export.py", ["out_dir: ???", "overwrite"]),
+])
+def test_each_entry_points_help_lists_what_it_takes(script, has):
+    result = run_script(script, "--help")
+    assert result.returncode == 0 and all(text in result.stdout for text in has), result.stdout
+    if script != "train.py":
+        assert "model: bigram" not in result.stdout and "trainer" not in result.stdout
+
+
+def test_output_to_a_file_is_plain_lines_and_the_log_ends_with_the_best(tmp_path):
+    run = tmp_path / "run"
+    result = train_tiny(run, "trainer.max_steps=40", "trainer.enable_progress_bar=true")
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr  # nothing redrawn in a file or a pipe
+    progress = [line for line in result.stderr.splitlines() if line.startswith("step ")]
+    assert progress and all(re.fullmatch(r"step \d+/40: train/loss \d\.\d{4}.*, \d\d:\d\d left", p) for p in progress)
+    best = result.stdout.strip().splitlines()[-1]
+    assert best.startswith("best val/loss") and (run / "train.log").read_text().strip().endswith(best)

@@ -114,7 +114,7 @@ def test_a_second_ctrl_c_says_the_step_it_stopped_at(tmp_path):
 
 def test_the_stop_message_gives_the_command_that_resumes(tmp_path):
     run = tmp_path / "run"
-    process = start_training(run, "trainer.max_steps=300")
+    process = start_training(run, "trainer.max_steps=60")
     try:
         wait_for_steps(run, process, 3)
         process.send_signal(signal.SIGINT)
@@ -126,7 +126,7 @@ def test_the_stop_message_gives_the_command_that_resumes(tmp_path):
     assert words[:2] == ["python", "train.py"] and words[-2:] == [f"hydra.run.dir={run}", "ckpt_path=last"]
     resumed = run_script(words[1], *words[2:])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert read_result(run)["steps"] == 300 and "stopped" not in read_result(run)
+    assert read_result(run)["steps"] == 60 and "stopped" not in read_result(run)
 
 
 @pytest.mark.parametrize("override, message", [

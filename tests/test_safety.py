@@ -78,13 +78,11 @@ def crafted_checkpoint(source: Path, out: Path, marker: Path, old_format: bool) 
 def test_a_crafted_checkpoint_runs_nothing(tiny_run, tmp_path, old_format):
     marker = tmp_path / "marker"
     crafted = crafted_checkpoint(tiny_run / "checkpoints" / "best.ckpt", tmp_path / "crafted.ckpt", marker, old_format)
-    for script, args in [("sample.py", [f"ckpt_path={crafted}", "max_new_tokens=5"]),
-                         ("export.py", [f"ckpt_path={crafted}", f"out_dir={tmp_path / 'export'}"])]:
-        line = one_error_line(run_script(script, *args))
-        assert "model.bias must be true or false" in line
-    for resume in ([f"ckpt_path={crafted}"], [f"init_from={crafted}"]):
-        line = one_error_line(train_tiny(tmp_path / f"run-{resume[0][:4]}", *resume))
-        assert "model.bias must be true or false" in line
+    line = one_error_line(run_script("sample.py", f"ckpt_path={crafted}", "max_new_tokens=5"))
+    assert "model.bias must be true or false" in line
+    # export.py, a resume and init_from read the record through the same function (gpt.training.checkpoint)
+    line = one_error_line(train_tiny(tmp_path / "run", f"{'init_from' if old_format else 'ckpt_path'}={crafted}"))
+    assert "model.bias must be true or false" in line
     assert not marker.exists()
 
 

@@ -3,6 +3,7 @@ compose it, its required values, every value's type and range (``gpt.cli.checks`
 many lines (a misspelled key, an unknown option, an override it cannot parse, a missing extra) in one."""
 
 import difflib
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -49,14 +50,17 @@ def missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
 
 
 def check_command_line(config_name: str, rules: dict[str, Rule], args: list[str] | None = None,
-                       also: Callable[[DictConfig, list[str]], None] | None = None) -> None:
+                       also: Callable[[DictConfig, list[str]], None] | None = None, doc: str = "") -> None:
     """Compose the config of ``args`` as Hydra will and check it (``check_config``) before Hydra writes anything or
     any library loads: what Hydra would print as a multi-line error (a misspelled key, an unknown option, an
     override it cannot parse, a missing extra) and every bad value become one line and exit status 2. Sweeps
     (``-m``) are checked with the first value of each swept key, the others when their job starts."""
     args = sys.argv[1:] if args is None else args
+    if {"--help", "-h"} & set(args):
+        print(command_help(config_name, doc))
+        sys.exit(0)
     if any(arg.startswith("-") and arg not in ("-m", "--multirun") for arg in args):
-        return  # --help, --cfg and the like: Hydra's own business
+        return  # --cfg, --hydra-help and the like: Hydra's own business
     overrides = [arg for arg in args if arg not in ("-m", "--multirun")]
     with report_user_errors():
         try:
@@ -66,6 +70,27 @@ def check_command_line(config_name: str, rules: dict[str, Rule], args: list[str]
         check_config(cfg, f"python {config_name}.py", rules)
         if also:
             also(cfg, overrides)
+
+
+def command_help(config_name: str, doc: str) -> str:
+    """``--help`` of an entry point: what it does (``doc``), the config groups it composes with their options, and
+    its own keys with what they mean (the comments of ``conf/<config_name>.yaml``)."""
+    lines = (CONF_DIR / f"{config_name}.yaml").read_text().splitlines()
+    groups, keys, block = [], [], None
+    for line in lines:
+        if line and not line.startswith((" ", "#")):
+            block = line.split(":")[0]
+        if block == "defaults" and (found := re.match(r"\s+- (\w+): \w+", line)):
+            options = sorted(p.stem for p in (CONF_DIR / found[1]).glob("*.yaml") if not p.stem.startswith("_"))
+            groups.append(f"  {found[1]}: {', '.join(options)}")
+        elif block not in ("defaults", "hydra"):
+            keys.append(line)
+    parts = [doc.strip(), f"Usage: python {config_name}.py [key=value ...]"]
+    if groups:
+        parts.append("Config groups (group=option; each option is conf/<group>/<option>.yaml):\n" + "\n".join(groups))
+    parts.append(f"Keys (conf/{config_name}.yaml):\n" + "\n".join(f"  {line}" for line in keys if line.strip()))
+    parts.append(f"The whole composed config: python {config_name}.py --cfg job")
+    return "\n\n".join(parts)
 
 
 def compose_probe(config_name: str, overrides: list[str]) -> DictConfig:

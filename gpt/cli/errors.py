@@ -23,13 +23,12 @@ CREATED_RUN_DIRS: set[Path] = set()
 def report_user_errors(run_dir: str | None = None):
     """Turn a UserError (also one raised inside Hydra's instantiate), a library's refusal of a value given to it
     through instantiate, or a diverged single run into one line on stderr and exit status 2; a stopped run into its
-    message and 128 + the signal's number. HYDRA_FULL_ERROR=1 shows the traceback instead. A single run refused
-    before it trains removes ``run_dir`` if it holds only Hydra's record and the log of this command."""
+    message and 128 + the signal's number. HYDRA_FULL_ERROR=1 shows the traceback instead."""
     try:
         yield
     except RunStopped as stop:
-        if stop.step is None and run_dir and Path(run_dir).resolve() in CREATED_RUN_DIRS and is_rank_zero():
-            remove_unstarted_run(run_dir)
+        if stop.step is None:
+            remove_if_unstarted(run_dir)
         print(stopped_message(stop, run_dir), file=sys.stderr)
         sys.exit(128 + getattr(signal, stop.signal, signal.SIGTERM))  # another rank's signal: as SIGTERM
     except TrainingDiverged as e:
@@ -40,9 +39,15 @@ def report_user_errors(run_dir: str | None = None):
         cause = e if isinstance(e, UserError) else e.__cause__
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or cause is None:
             raise
-        if run_dir and Path(run_dir).resolve() in CREATED_RUN_DIRS and is_rank_zero():
-            remove_unstarted_run(run_dir)
+        remove_if_unstarted(run_dir)
         fail(str(cause) if isinstance(cause, UserError) else refused_value(e))
+
+
+def remove_if_unstarted(run_dir: str | None) -> None:
+    """A single run refused or stopped before it trained leaves no directory behind that this command made and that
+    holds only what it wrote as it started."""
+    if run_dir and Path(run_dir).resolve() in CREATED_RUN_DIRS and is_rank_zero():
+        remove_unstarted_run(run_dir)
 
 
 def refused_value(error: InstantiationException) -> str:

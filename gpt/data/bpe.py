@@ -46,6 +46,16 @@ _PRETOKENIZER = regex.compile(GPT2_PATTERN)
 _LAST_SAFE_CUT = regex.compile(r"(?r)\S(?=\s)")
 
 
+class TextTooSmall(ValueError):
+    """The training text has fewer merges to learn than the vocabulary asks for: it supports ``supported`` mergeable
+    tokens (the 256 bytes included)."""
+
+    def __init__(self, supported: int, requested: int):
+        super().__init__(f"training text too small: it supports only {supported} mergeable tokens, {requested} "
+                         "requested")
+        self.supported = supported
+
+
 class BPEEncoding(tiktoken.Encoding):
     """A ``tiktoken.Encoding`` that keeps what it was built from (its pattern, mergeable ranks and special
     tokens) as public attributes, so that it can be saved; tiktoken keeps them private."""
@@ -195,10 +205,7 @@ def _learn_merges(pretoken_counts: Counter[bytes], num_tokens: int) -> list[byte
     while len(token_bytes) < num_tokens:
         pair = corpus.most_frequent_pair()
         if pair is None:
-            raise ValueError(
-                f"training text too small: it supports only {len(token_bytes)} mergeable tokens, "
-                f"{num_tokens} requested"
-            )
+            raise TextTooSmall(len(token_bytes), num_tokens)
         merged = token_bytes[pair[0]] + token_bytes[pair[1]]
         # Defensive: tiktoken aborts the process if two ranks share the same bytes.
         if merged not in token_ids:

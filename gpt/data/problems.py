@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 
 from gpt import UserError
-from gpt.context import available_memory, gigabytes
+from gpt.context import available_memory, format_bytes
 from gpt.files import atomic_write_text
 
 OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
@@ -37,7 +37,7 @@ def check_arithmetic(operation: str, digits: int, answer_format: str, train_exam
     needed, free = (train_examples + test_examples) * BYTES_PER_PROBLEM, available_memory()
     if free is not None and needed > free:
         raise UserError(f"data.train_examples={train_examples:,} + data.test_examples={test_examples:,} problems "
-                        f"need about {gigabytes(needed)} of memory to generate and prepare, and {gigabytes(free)} is "
+                        f"need about {format_bytes(needed)} of memory to generate and prepare, and {format_bytes(free)} is "
                         f"free; use at most about {free // BYTES_PER_PROBLEM:,} in all")
 
 

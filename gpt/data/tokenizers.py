@@ -14,8 +14,8 @@ from collections.abc import Iterable
 import tiktoken
 
 from gpt import UserError
-from gpt.data.bpe import (DEFAULT_SPECIAL_TOKENS, ENDOFTEXT, MASK, PAD, encoding_from_dict, encoding_to_dict,
-                          gpt2_encoding, train_bpe)
+from gpt.data.bpe import (DEFAULT_SPECIAL_TOKENS, ENDOFTEXT, MASK, PAD, TextTooSmall, encoding_from_dict,
+                          encoding_to_dict, gpt2_encoding, train_bpe)
 
 KINDS = ("char", "gpt2", "bpe")
 
@@ -138,6 +138,11 @@ def fit_tokenizer(kind: str, texts: Iterable[str], vocab_size: int | None = None
         return TiktokenTokenizer(gpt2_encoding(), "gpt2")
     try:
         return TiktokenTokenizer(train_bpe(texts, vocab_size), "bpe")
+    except TextTooSmall as e:
+        largest = e.supported + len(DEFAULT_SPECIAL_TOKENS)
+        raise UserError(f"data.vocab_size={vocab_size} is more than this training text supports: at most {largest} "
+                        f"tokens (the 256 bytes, the {e.supported - 256} merges it has, {len(DEFAULT_SPECIAL_TOKENS)} "
+                        f"special tokens); use data.vocab_size={largest} or less, or more text") from None
     except ValueError as e:
         raise UserError(f"cannot train the BPE tokenizer: {e}") from None
 

@@ -10,7 +10,7 @@ import torch
 from omegaconf import ListConfig, OmegaConf
 
 from gpt import UserError
-from gpt.context import available_memory, gigabytes
+from gpt.context import available_memory, format_bytes
 from gpt.data.bpe import GPT2_VOCAB_SIZE
 from gpt.models.interface import TokenModel, WrapUnit
 
@@ -76,8 +76,8 @@ def refuse_cpu_processes_by_accident(requested: str, devices, place: Placement, 
     and say what they would need, unless CPU processes were asked for (``trainer.accelerator=cpu``)."""
     if requested == "auto" and place.accelerator == "cpu" and place.devices > 1:
         raise UserError(f"trainer.devices={devices} but no GPU was found: {place.devices} CPU processes of this model "
-                        f"would need about {gigabytes(place.devices * per_process)} of memory "
-                        f"({gigabytes(per_process)} each); to train with CPU processes on purpose: "
+                        f"would need about {format_bytes(place.devices * per_process)} of memory "
+                        f"({format_bytes(per_process)} each); to train with CPU processes on purpose: "
                         f"trainer.accelerator=cpu trainer.devices={place.devices}")
 
 
@@ -103,8 +103,8 @@ def check_memory(place: Placement, per_process: int) -> None:
     available = available_memory()
     if place.accelerator == "cpu" and available is not None and place.devices * per_process > available:
         raise UserError(f"{place.devices} CPU process(es) of this model need about "
-                        f"{gigabytes(place.devices * per_process)} of memory ({gigabytes(per_process)} each) but "
-                        f"{gigabytes(available)} is free; use fewer trainer.devices, a smaller data.batch_size or a "
+                        f"{format_bytes(place.devices * per_process)} of memory ({format_bytes(per_process)} each) but "
+                        f"{format_bytes(available)} is free; use fewer trainer.devices, a smaller data.batch_size or a "
                         "smaller model")
 
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from gpt import UserError, format_count
 from gpt.compat import (LIGHTNING_FEW_WORKERS_WARNING, LIGHTNING_MID_EPOCH_RESUME_WARNING, LIGHTNING_SHORT_EPOCH_WARNING,
                         relaunches_script)
-from gpt.context import in_multirun, is_rank_zero
+from gpt.context import format_bytes, in_multirun, is_rank_zero
 from gpt.data.module import TokenDataModule
 from gpt.data.tokenizers import Tokenizer
 from gpt.metrics import metric_named, read_result
@@ -237,8 +237,8 @@ def check_placement(cfg: DictConfig, place: Placement, lm: LanguageModel, precis
     per_process = memory_per_process(lm.model, cfg.data.batch_size, cfg.model.block_size, precision)
     refuse_cpu_processes_by_accident(cfg.trainer.accelerator, cfg.trainer.devices, place, per_process)
     check_memory(place, per_process)
-    log.info("memory: about %.1f GB per process (weights, gradients, AdamW moments and activations at this batch)",
-             per_process / 1e9)
+    log.info("memory: about %s per process (weights, gradients, AdamW moments and activations at this batch)",
+             format_bytes(per_process))
 
 
 def build_lm(cfg: DictConfig, model_config: ModelConfig, tokenizer: Tokenizer, record: CheckpointRecord | None
