@@ -14,19 +14,23 @@ from omegaconf import DictConfig
 
 from gpt.cli.checks import TRAIN
 from gpt.cli.command_line import check_command_line, check_config, check_train
-from gpt.cli.errors import report_user_errors
+from gpt.cli.errors import remove_if_unstarted, report_user_errors
 from gpt.signals import stopped_by_signals
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with report_user_errors(run_dir=HydraConfig.get().runtime.output_dir), stopped_by_signals():
+    run_dir = HydraConfig.get().runtime.output_dir
+    with report_user_errors(run_dir), stopped_by_signals():
         check_config(cfg, "python train.py", TRAIN)
         # imported once the config is checked: a mistake is found without waiting seconds for torch and Lightning,
         # and Lightning's warnings go to the run's log
         from gpt.training.run import train
 
-        return train(cfg)
+        best = train(cfg)
+        if cfg.trainer.get("fast_dev_run"):
+            remove_if_unstarted(run_dir)  # it wrote nothing: no directory of its own is left either
+        return best
 
 
 if __name__ == "__main__":

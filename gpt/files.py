@@ -54,6 +54,16 @@ def replaced_directory(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def first_missing(directory: Path) -> Path | None:
+    """The outermost of ``directory`` and its parents that does not exist yet: what making it would make."""
+    missing = None
+    for path in (directory, *directory.parents):
+        if path.exists():
+            return missing
+        missing = path
+    return missing
+
+
 def remove_temporary_files(directory: Path) -> None:
     """The half-written files of ``atomic_writer`` that processes killed while writing left in ``directory``; call
     it while owning the directory."""

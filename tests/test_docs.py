@@ -104,6 +104,7 @@ def test_shown_outputs_are_what_the_commands_print(page, command, shown, tmp_pat
     done = run_documented(command, tmp_path)
     printed = (done.stdout + done.stderr).replace(f"{tmp_path}/", "")
     printed = re.sub(r"-[0-9a-f]{8}-", "-<digest>-", printed)
-    lines = {line.strip() for line in printed.splitlines()}
+    # a log line is compared without its time stamp and logger: [2026-12-06 23:43:27,092][gpt.training.run][INFO] -
+    lines = {re.sub(r"^\[[^]]*\]\[[^]]*\]\[\w+\] - ", "", line).strip() for line in printed.splitlines()}
     missing = [line for line in shown.strip().splitlines() if line.strip() not in lines]
     assert not missing, f"{page}: {command} no longer prints {missing}; it printed:\n{printed[-3000:]}"

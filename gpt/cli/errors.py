@@ -14,9 +14,9 @@ from gpt import RunStopped, TrainingDiverged, UserError
 from gpt.context import in_multirun, is_rank_zero
 from gpt.training.rundir import remove_unstarted_run
 
-# the run directories that this command's single run creates (gpt.cli.run_directory.RunDirectory notes them): a
-# command refused before it trains removes its own
-CREATED_RUN_DIRS: set[Path] = set()
+# the run directory that this command's single run makes, with the outermost directory made for it (outputs/<date>/
+# for Hydra's default; gpt.cli.run_directory.RunDirectory notes it): a command that writes nothing removes them
+MADE_RUN_DIRS: dict[Path, Path] = {}
 
 
 @contextmanager
@@ -46,8 +46,9 @@ def report_user_errors(run_dir: str | None = None):
 def remove_if_unstarted(run_dir: str | None) -> None:
     """A single run refused or stopped before it trained leaves no directory behind that this command made and that
     holds only what it wrote as it started."""
-    if run_dir and Path(run_dir).resolve() in CREATED_RUN_DIRS and is_rank_zero():
-        remove_unstarted_run(run_dir)
+    made = MADE_RUN_DIRS.get(Path(run_dir).resolve()) if run_dir else None
+    if made and is_rank_zero():
+        remove_unstarted_run(run_dir, up_to=made)
 
 
 def refused_value(error: InstantiationException) -> str:

@@ -8,10 +8,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from gpt import UserError
-from gpt.cli.errors import CREATED_RUN_DIRS, fail
+from gpt.cli.errors import MADE_RUN_DIRS, fail, remove_if_unstarted
+from gpt.files import first_missing
 from gpt.context import is_rank_zero
 from gpt.metrics import metric_named
-from gpt.training.rundir import SWEEP_LOCK_FILE, check_run_dir, hold_until_exit, remove_unstarted_run
+from gpt.training.rundir import SWEEP_LOCK_FILE, check_run_dir, hold_until_exit
 
 
 class RunDirectory(Callback):
@@ -22,8 +23,8 @@ class RunDirectory(Callback):
 
     def on_run_start(self, config, **kwargs) -> None:
         directory = Path(config.hydra.run.dir)
-        if not directory.exists():
-            CREATED_RUN_DIRS.add(directory.resolve())
+        if made := first_missing(directory.resolve()):
+            MADE_RUN_DIRS[directory.resolve()] = made
         with failing_closed(directory):
             check_writable(directory, "hydra.run.dir")
             if is_rank_zero() and not config.trainer.get("fast_dev_run"):
@@ -54,8 +55,7 @@ def failing_closed(directory: Path):
     try:
         yield
     except Exception as e:
-        if directory.resolve() in CREATED_RUN_DIRS:
-            remove_unstarted_run(directory)
+        remove_if_unstarted(str(directory))
         fail(str(e) if isinstance(e, UserError) else f"checking {directory} failed ({type(e).__name__}: {e})")
 
 

@@ -33,7 +33,7 @@ import torch
 from gpt import UserError
 from gpt.data.text import CHUNK_CHARS
 from gpt.data.tokenizers import Tokenizer, check_tokenizer_options, fit_tokenizer, tokenizer_from_dict
-from gpt.files import atomic_write_text, atomic_writer, exclusive, remove_temporary_files
+from gpt.files import atomic_write_text, atomic_writer, exclusive, first_missing, remove_temporary_files
 
 log = logging.getLogger(__name__)
 
@@ -222,16 +222,6 @@ def prepare(out_dir: Path, files: list[Path], options: dict, build: Callable[[Pa
         if isinstance(e, OSError):
             raise UserError(f"could not prepare the data in {out_dir}: {describe_os_error(e)}") from None
         raise
-
-
-def first_missing(directory: Path) -> Path | None:
-    """The outermost of ``directory`` and its parents that does not exist yet."""
-    missing = None
-    for path in (directory, *directory.parents):
-        if path.exists():
-            return missing
-        missing = path
-    return missing
 
 
 def describe_os_error(error: OSError) -> str:

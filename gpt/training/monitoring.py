@@ -17,6 +17,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from gpt import IGNORE_INDEX, UserError
 from gpt.metrics import METRICS
 from gpt.models.generate import GenerationSettings, fill_masks
+from gpt.training.checkpoints import validates_now
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,8 @@ class StepProgress(ProgressBar):
         step, last = trainer.global_step, trainer.global_step >= trainer.max_steps
         if self.interactive and (step - self.bar.n >= self.refresh_steps or last):
             self.refresh(trainer)
-        elif not self.interactive and step != self.last_shown and (step % self.plain_every == 0 or last):
+        elif (not self.interactive and step != self.last_shown and (step % self.plain_every == 0 or last)
+              and not validates_now(trainer)):  # a step that validates is shown after its validation
             self.refresh(trainer)
 
     def on_validation_start(self, trainer, pl_module) -> None:

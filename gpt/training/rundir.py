@@ -29,18 +29,22 @@ RUN_FILES = ("checkpoints", "metrics.csv", "result.json")
 STARTING_FILES = (".hydra", "train.log", LOCK_FILE)  # what a command writes as a run starts
 
 
-def remove_unstarted_run(directory: str | Path) -> None:
-    """Remove ``directory`` if it holds nothing but what Hydra and this command wrote as the command started."""
+def remove_unstarted_run(directory: str | Path, up_to: str | Path | None = None) -> None:
+    """Remove ``directory`` if it holds nothing but what Hydra and this command wrote as the command started, and
+    then the directories above it, up to ``up_to``, that it leaves empty (they were made for it)."""
     directory = Path(directory)
     if not directory.is_dir() or any(path.name not in STARTING_FILES for path in directory.iterdir()):
         return
     release_lock(directory)
     shutil.rmtree(directory / ".hydra", ignore_errors=True)
     (directory / "train.log").unlink(missing_ok=True)
-    try:
-        directory.rmdir()
-    except OSError:  # something new came in meanwhile (or another process's lock): leave it
-        pass
+    path, last = directory.resolve(), Path(up_to or directory).resolve()
+    while path.is_relative_to(last):
+        try:
+            path.rmdir()
+        except OSError:  # something new came in meanwhile (or another process's lock): leave it
+            return
+        path = path.parent
 
 
 def holder(directory: Path, name: str = LOCK_FILE) -> str | None:
