@@ -1,11 +1,15 @@
+import atexit
 import os
 import subprocess
 import sys
 import time
+from functools import cache
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+
+from warm_start import COLD, WarmPython
 
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "data" / "tinyshakespeare.txt"
@@ -29,18 +33,38 @@ def compose_train(*overrides: str, tmp_path: Path, return_hydra_config: bool = F
                        return_hydra_config=return_hydra_config)
 
 
+@cache
+def warm_python() -> WarmPython:
+    warm = WarmPython(cwd=REPO)
+    atexit.register(warm.close)
+    return warm
+
+
 def run_script(script: str, *overrides: str, timeout: int = 300, env: dict | None = None
                ) -> subprocess.CompletedProcess:
-    """Run one of the project's entry points the way a user does, from the repository root; a command that runs
-    past ``timeout`` seconds fails the test, naming the command."""
+    """Run one of the project's entry points the way a user does, from the repository root, in a process of its
+    own (forked from a warm Python that has imported the libraries: tests/warm_start.py); ``python -m`` commands
+    start cold. A command that runs past ``timeout`` seconds fails the test, naming the command."""
     command = [sys.executable, script, *overrides]
     started = time.monotonic()
     try:
+        if script.endswith(".py") and not COLD:
+            return warm_python().run([script, *overrides], cwd=REPO, env=env, timeout=timeout)
         return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as e:
         output = (e.stderr or b"")[-2000:].decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
         pytest.fail(f"stopped after {time.monotonic() - started:.0f} s (the limit is {timeout} s): "
                     f"python {' '.join(command[1:])}\n{output or ''}")
+
+
+def start_script(script: str, *overrides: str, env: dict | None = None):
+    """Start an entry point as ``run_script`` does without waiting for it: a ``subprocess.Popen``, or a process
+    forked from the warm Python with the same ``pid``, ``poll``, ``wait``, ``send_signal``, ``kill`` and
+    ``communicate`` (whose output is read at the end)."""
+    if COLD:
+        return subprocess.Popen([sys.executable, script, *overrides], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+    return warm_python().start([script, *overrides], cwd=REPO, env=env)
 
 
 def train_tiny(run_dir: Path, *overrides: str, model: list[str] = TINY_GPT, env: dict | None = None

@@ -4,8 +4,6 @@ import csv
 import json
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import torch
 
 from gpt.training.run import train
 
-from conftest import REPO, SHAKESPEARE, SHORT_RUN, TINY_GPT, compose_train, run_script, train_tiny
+from conftest import REPO, SHAKESPEARE, SHORT_RUN, TINY_GPT, compose_train, run_script, start_script, train_tiny
 
 # dropout makes the run depend on the random number generator, which must be restored too
 RESUMABLE = ["model.dropout=0.1", "trainer.max_steps=100", "trainer.val_every_n_steps=50",
@@ -34,8 +32,7 @@ def checkpoint_step(path) -> int:
 
 def start_and_kill_after_first_checkpoint(run_dir) -> int:
     args = [*TINY_GPT, *SHORT_RUN, *RESUMABLE, f"hydra.run.dir={run_dir}", f"paths.data_dir={run_dir.parent / 'data'}"]
-    process = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_script("train.py", *args)
     last = run_dir / "checkpoints" / "last.ckpt"
     try:
         while not last.exists():

@@ -7,7 +7,6 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 
 from gpt.metrics import read_result
 
-from conftest import REPO, SHORT_RUN, TINY_GPT, run_script, train_tiny
+from conftest import REPO, SHORT_RUN, TINY_GPT, run_script, start_script, train_tiny
 from test_safety import LONG_RUN, one_error_line, start_training, step_of, wait_for_steps
 
 
@@ -48,11 +47,10 @@ def test_a_refused_run_leaves_the_live_runs_record_as_it_was(tmp_path):
         stop(live)
 
 
-def start_sweep(sweep_dir: Path, *overrides: str) -> subprocess.Popen:
+def start_sweep(sweep_dir: Path, *overrides: str):
     args = ["-m", *TINY_GPT, *SHORT_RUN, *LONG_RUN, f"hydra.sweep.dir={sweep_dir}",
             f"paths.data_dir={sweep_dir.parent / 'data'}", *overrides]
-    return subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return start_script("train.py", *args)
 
 
 def test_a_second_sweep_into_the_same_directory_changes_nothing_of_the_first(tmp_path):

@@ -7,7 +7,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -27,7 +26,7 @@ from gpt.training.objectives import CausalLM
 from gpt.training.run import quiet_libraries
 from gpt.training.stops import StopOnSignal
 
-from conftest import REPO, SHAKESPEARE, SHORT_RUN, TINY_GPT, run_script, train_tiny
+from conftest import REPO, SHAKESPEARE, SHORT_RUN, TINY_GPT, run_script, start_script, train_tiny
 
 LONG_RUN = ["trainer.max_steps=100000", "trainer.log_every_n_steps=1"]
 
@@ -156,11 +155,10 @@ def test_a_failed_resume_names_what_differs_and_leaves_the_run_as_it_was(tiny_ru
 # --------------------------------------------------------------------------- a stop is a stop
 
 
-def start_training(run_dir: Path, *overrides: str, env: dict | None = None) -> subprocess.Popen:
+def start_training(run_dir: Path, *overrides: str, env: dict | None = None):
     args = [*TINY_GPT, *SHORT_RUN, *LONG_RUN, f"hydra.run.dir={run_dir}", f"paths.data_dir={run_dir.parent / 'data'}",
             *overrides]
-    return subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return start_script("train.py", *args, env=env)
 
 
 def wait_for_steps(run_dir: Path, process: subprocess.Popen, steps: int, timeout: float = 240) -> None:
