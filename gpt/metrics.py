@@ -53,6 +53,8 @@ def declare(metric: Metric) -> Metric:
 
 
 VAL_LOSS = declare(Metric("val/loss", "val_loss", "min", "val/loss", progress_bar=True))
+# the validation loss in bits per UTF-8 byte of the text: runs of different tokenizers compare on it
+BITS_PER_BYTE = declare(Metric("val/bpb", "bpb", "min", "bits per byte", progress_bar=True))
 EXACT_MATCH = declare(Metric("val/exact_match", "exact_match", "max", "exact match", ".3f", progress_bar=True))
 DIGIT_ACC = declare(Metric("val/digit_acc", "digit_acc", "max", "digit accuracy", ".3f", progress_bar=True))
 MLM_ACC = declare(Metric("val/mlm_acc", "mlm_acc", "max", "masked-token accuracy", ".4f", progress_bar=True))

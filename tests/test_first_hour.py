@@ -149,6 +149,7 @@ def test_a_bpe_larger_than_its_text_says_which_size_works_and_leaves_nothing(tmp
     ("sample.py", ["ckpt_path: ???", "temperature"]),
     ("prepare.py", ["data: arithmetic, examples, jsonl"]),
     ("export.py", ["out_dir: ???", "overwrite"]),
+    ("eval.py", ["tasks: null", "text_file"]),
 ])
 def test_each_entry_points_help_lists_what_it_takes(script, has):
     result = run_script(script, "--help")

@@ -109,6 +109,12 @@ PREPARE = DATA
 
 EXPORT = {"ckpt_path": TEXT, "out_dir": TEXT, "overwrite": BOOLEAN}
 
+TEXTS = Rule("a text or a list of texts", lambda value: isinstance(value, str) or (
+    isinstance(value, list) and value and all(isinstance(v, str) for v in value)))
+EVALUATE = {"ckpt_path": TEXTS, "tasks": optional(TEXTS), "text_file": optional(TEXT), "choices_file": optional(TEXT),
+            "answers_file": optional(TEXT), "batch_size": POSITIVE_INT, "device": optional(TEXT),
+            "out_path": TEXT}
+
 # keys of earlier versions, and the key that took their place (prepare.py's were top-level keys before it composed
 # the same data group as train.py)
 RENAMED = {

@@ -123,6 +123,12 @@ class TextStream:
         return self.decoder.decode(b"", final=True)
 
 
+def text_bytes_per_token(tokenizer: Tokenizer) -> list[int]:
+    """How many UTF-8 bytes of text each token stands for; 0 for the special tokens, which stand for none."""
+    return [0 if token in tokenizer.special_ids else len(tokenizer.token_bytes(token))
+            for token in range(tokenizer.vocab_size)]
+
+
 def check_tokenizer_options(kind: str, vocab_size: int | None) -> None:
     if kind not in KINDS:
         raise UserError(f"data.tokenizer={kind!r} is not a known tokenizer; choose one of {', '.join(KINDS)}")

@@ -6,15 +6,18 @@ one, or the masked ones); the module says what the model must be (causal or bidi
 """
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import replace
 
 import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
+from torch.nn import functional as F
 
 from gpt import IGNORE_INDEX, TrainingDiverged, UserError
 from gpt.compat import is_plain_attribute, skip_update_if
+from gpt.data.tokenizers import Tokenizer, text_bytes_per_token
 from gpt.models.configs import ModelConfig
 from gpt.models.interface import cross_entropy
 from gpt.training.checkpoint import CheckpointRecord
@@ -37,8 +40,8 @@ class LanguageModel(L.LightningModule):
                        "the token it predicts")
 
     def __init__(self, model_config: ModelConfig, optimizer: Callable, scheduler: Callable | None = None,
-                 record: CheckpointRecord | None = None, max_nonfinite_skips: int | None = 3,
-                 compile: bool | str = "auto"):
+                 record: CheckpointRecord | None = None, tokenizer: Tokenizer | None = None,
+                 max_nonfinite_skips: int | None = 3, compile: bool | str = "auto"):
         super().__init__()
         if getattr(model_config, "causal", True) != self.causal:
             raise UserError(self.wrong_attention)
@@ -46,6 +49,9 @@ class LanguageModel(L.LightningModule):
         self.compile_mode = compile
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.record = record and replace(record, model=self.model.config)
+        # the bytes of text each token stands for (val/bpb); not saved in checkpoints, whose record has the tokenizer
+        byte_counts = None if tokenizer is None else torch.tensor(text_bytes_per_token(tokenizer))
+        self.register_buffer("byte_counts", byte_counts, persistent=False)
         self.max_nonfinite_skips = max_nonfinite_skips
         self.nonfinite_steps, self.nonfinite_seen = None, 0  # skipped steps: on the device, and as last read
         self.nonfinite_checked_at = 0  # the optimizer step of the last read
@@ -167,7 +173,28 @@ class LanguageModel(L.LightningModule):
 
 class CausalLM(LanguageModel):
     """Next-token prediction: on windows of a token stream or on padded examples, whose labels are the next tokens
-    (or the answer tokens only, for prompt -> answer examples)."""
+    (or the answer tokens only, for prompt -> answer examples).
+
+    Given its ``tokenizer``, validation also logs ``val/bpb``: the loss in bits per UTF-8 byte of the predicted
+    text, which compares runs of different tokenizers (a char token is one byte of Tiny Shakespeare, a GPT-2 token
+    about four)."""
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if self.byte_counts is None:
+            return super().validation_step(batch, batch_idx)
+        logits = self.model(batch["input_ids"], attention_mask=self.attention_mask(batch))
+        self.log_validation(batch, cross_entropy(logits, batch["labels"]))  # the loss forward(labels=) computes
+        self.log_bits_per_byte(logits, batch["labels"])
+
+    def log_bits_per_byte(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """The summed loss, in bits, of the predicted tokens that stand for text, over the bytes of that text
+        (special tokens count in neither); weighted by bytes, the epoch's value is the whole validation set's."""
+        labels = labels.flatten()
+        losses = F.cross_entropy(logits.flatten(0, -2).float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        byte_counts = self.byte_counts[labels.clamp(min=0)] * (labels != IGNORE_INDEX)
+        n_bytes = max(int(byte_counts.sum()), 1)
+        bits = losses[byte_counts > 0].sum() / math.log(2)
+        self.log("val/bpb", bits / n_bytes, batch_size=n_bytes, prog_bar=True, sync_dist=True)
 
 
 class MaskedLM(LanguageModel):

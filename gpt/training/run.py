@@ -246,7 +246,7 @@ def build_lm(cfg: DictConfig, model_config: ModelConfig, tokenizer: Tokenizer, r
     """The LightningModule around the configured model, from ``init_from`` weights if given."""
     lm = instantiate(cfg.lm, _partial_=True)(model_config=model_config, optimizer=instantiate(cfg.optim),
                                                scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-                                               record=record)
+                                               record=record, tokenizer=tokenizer)
     padded = getattr(model_config, "padded_vocab_size", tokenizer.vocab_size)
     log.info("model: %s with %s parameters over the %d tokens of the %s tokenizer%s", type(lm.model).__name__,
              format_count(lm.model.count_parameters()), tokenizer.vocab_size, tokenizer.kind,

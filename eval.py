@@ -1,0 +1,118 @@
+"""Score checkpoints on evaluation tasks over local files:
+
+    python eval.py ckpt_path=<run dir>/checkpoints/best.ckpt                  # the shipped tasks that fit it
+    python eval.py 'ckpt_path=[a.ckpt,b.ckpt]' 'tasks=[comus,comus_cloze]'  # a row per checkpoint
+    python eval.py ckpt_path=<run dir>/checkpoints/best.ckpt text_file=my.txt   # bits per byte of your text
+
+The tasks are the configs of ``conf/eval/`` (``gpt.eval.tasks``); ``text_file``, ``choices_file`` and
+``answers_file`` add a task over your own file. Prints a table and writes the results as JSON to ``out_path``.
+Nothing is downloaded.
+"""
+
+import json
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from gpt import UserError
+from gpt.cli.checks import EVALUATE
+from gpt.cli.command_line import check_command_line, check_config
+from gpt.cli.errors import report_user_errors
+from gpt.files import atomic_write_text
+from gpt.signals import stopped_by_signals
+
+REPO = Path(__file__).resolve().parent
+TASKS_DIR = REPO / "conf" / "eval"
+OWN_FILES = {"text_file": ("text", "Perplexity"), "choices_file": ("choices", "MultipleChoice"),
+             "answers_file": ("answers", "Answers")}
+
+
+def shipped_tasks() -> list[str]:
+    return sorted(path.stem for path in TASKS_DIR.glob("*.yaml"))
+
+
+def task_names(cfg: DictConfig) -> list[str]:
+    return list(cfg.tasks) if isinstance(cfg.tasks, ListConfig) else [cfg.tasks] if cfg.tasks else []
+
+
+def check_tasks(cfg: DictConfig, overrides: list[str]) -> None:
+    """Before any library loads: the tasks named exist, and so do the files given."""
+    if unknown := [name for name in task_names(cfg) if name not in shipped_tasks()]:
+        raise UserError(f"task {unknown[0]} does not exist; choose from {', '.join(shipped_tasks())} "
+                        "(the files of conf/eval/), or give text_file, choices_file or answers_file")
+    for key, (name, _) in OWN_FILES.items():
+        if cfg.get(key) and not Path(cfg[key]).exists():
+            raise UserError(f"task {name}: its data file {cfg[key]} does not exist; give {key}=<an existing file>")
+
+
+def chosen_tasks(cfg: DictConfig) -> dict:
+    """The tasks by name: those named by ``tasks`` (or every shipped one), then one per ``*_path`` given."""
+    from hydra.utils import instantiate
+
+    from gpt.eval import tasks
+
+    names = task_names(cfg)
+    chosen = {}
+    for name in names or ([] if any(cfg.get(key) for key in OWN_FILES) else shipped_tasks()):
+        task = OmegaConf.load(TASKS_DIR / f"{name}.yaml")
+        chosen[name] = instantiate(task, path=str(REPO / task.path), name=name)
+    for key, (name, kind) in OWN_FILES.items():
+        if cfg.get(key):
+            chosen[name] = getattr(tasks, kind)(path=cfg[key], name=name)
+    return chosen
+
+
+def evaluate(cfg: DictConfig) -> list[dict]:
+    """A row of results per checkpoint: ``task/metric`` values of every task that fits it."""
+    import torch
+
+    from gpt.training.checkpoint import model_from_checkpoint
+
+    tasks, asked = chosen_tasks(cfg), bool(cfg.tasks) or any(cfg.get(key) for key in OWN_FILES)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    paths = list(cfg.ckpt_path) if isinstance(cfg.ckpt_path, ListConfig) else [cfg.ckpt_path]
+    rows = []
+    for path in paths:
+        model, tokenizer, _ = model_from_checkpoint(path)
+        if not getattr(model.config, "causal", True):
+            raise UserError(f"{path} is a masked LM: these tasks score a causal LM's next-token predictions and its "
+                            "generated answers; give a causal checkpoint (sample.py fills a masked LM's [MASK]s)")
+        model.to(device).eval()
+        fitting = {name: task for name, task in tasks.items() if asked or task.fits(tokenizer)}
+        if not fitting:
+            raise UserError(f"none of the shipped tasks ({', '.join(tasks)}) can be written with the {tokenizer.kind} "
+                            f"tokenizer of {path}; give text_file, choices_file or answers_file")
+        row = {"checkpoint": str(path)}
+        for name, task in fitting.items():
+            row.update({f"{name}/{key}": value for key, value in task.score(model, tokenizer, cfg.batch_size).items()})
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """One line per checkpoint, one column per task metric (counts as integers)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [[format_cell(row.get(column, "")) for column in columns] for row in rows]
+    widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
+    lines = [columns, *cells]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
+def format_cell(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    with report_user_errors(), stopped_by_signals():
+        check_config(cfg, "python eval.py", EVALUATE)
+        rows = evaluate(cfg)
+        print(table(rows))
+        atomic_write_text(Path(cfg.out_path), json.dumps(rows, indent=2) + "\n")
+        print(f"wrote {cfg.out_path}")
+
+
+if __name__ == "__main__":
+    check_command_line("eval", EVALUATE, also=check_tasks, doc=__doc__)
+    main()
