@@ -13,33 +13,28 @@ import json
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from gpt import UserError
 from gpt.cli.checks import EVALUATE
 from gpt.cli.command_line import check_command_line, check_config
 from gpt.cli.errors import report_user_errors
+from gpt.eval import task_names
 from gpt.files import atomic_write_text
 from gpt.signals import stopped_by_signals
 
-REPO = Path(__file__).resolve().parent
-TASKS_DIR = REPO / "conf" / "eval"
 OWN_FILES = {"text_file": ("text", "Perplexity"), "choices_file": ("choices", "MultipleChoice"),
              "answers_file": ("answers", "Answers")}
 
 
-def shipped_tasks() -> list[str]:
-    return sorted(path.stem for path in TASKS_DIR.glob("*.yaml"))
-
-
-def task_names(cfg: DictConfig) -> list[str]:
+def chosen_names(cfg: DictConfig) -> list[str]:
     return list(cfg.tasks) if isinstance(cfg.tasks, ListConfig) else [cfg.tasks] if cfg.tasks else []
 
 
 def check_tasks(cfg: DictConfig, overrides: list[str]) -> None:
     """Before any library loads: the tasks named exist, and so do the files given."""
-    if unknown := [name for name in task_names(cfg) if name not in shipped_tasks()]:
-        raise UserError(f"task {unknown[0]} does not exist; choose from {', '.join(shipped_tasks())} "
+    if unknown := [name for name in chosen_names(cfg) if name not in task_names()]:
+        raise UserError(f"task {unknown[0]} does not exist; choose from {', '.join(task_names())} "
                         "(the files of conf/eval/), or give text_file, choices_file or answers_file")
     for key, (name, _) in OWN_FILES.items():
         if cfg.get(key) and not Path(cfg[key]).exists():
@@ -48,15 +43,12 @@ def check_tasks(cfg: DictConfig, overrides: list[str]) -> None:
 
 def chosen_tasks(cfg: DictConfig) -> dict:
     """The tasks by name: those named by ``tasks`` (or every shipped one), then one per ``*_path`` given."""
-    from hydra.utils import instantiate
-
     from gpt.eval import tasks
 
-    names = task_names(cfg)
+    names = chosen_names(cfg)
     chosen = {}
-    for name in names or ([] if any(cfg.get(key) for key in OWN_FILES) else shipped_tasks()):
-        task = OmegaConf.load(TASKS_DIR / f"{name}.yaml")
-        chosen[name] = instantiate(task, path=str(REPO / task.path), name=name)
+    for name in names or ([] if any(cfg.get(key) for key in OWN_FILES) else task_names()):
+        chosen[name] = tasks.load_task(name)
     for key, (name, kind) in OWN_FILES.items():
         if cfg.get(key):
             chosen[name] = getattr(tasks, kind)(path=cfg[key], name=name)
@@ -69,7 +61,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
 
     from gpt.training.checkpoint import model_from_checkpoint
 
-    tasks, asked = chosen_tasks(cfg), bool(cfg.tasks) or any(cfg.get(key) for key in OWN_FILES)
+    tasks, asked = chosen_tasks(cfg), bool(chosen_names(cfg)) or any(cfg.get(key) for key in OWN_FILES)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     paths = list(cfg.ckpt_path) if isinstance(cfg.ckpt_path, ListConfig) else [cfg.ckpt_path]
     rows = []

@@ -17,7 +17,7 @@ from gpt.models.transformer import GPTConfig
 from gpt.training.checkpoint import model_from_checkpoint
 from gpt.training.objectives import CausalLM
 
-from conftest import REPO, run_script
+from conftest import REPO, run_script, train_tiny
 from test_safety import one_error_line
 from test_untrusted_checkpoints import craft, record_field
 
@@ -117,3 +117,19 @@ def test_bad_tasks_and_checkpoints_are_one_line(tiny_run, tmp_path, args, messag
     result = run_script("eval.py", f"ckpt_path={checkpoint}", f"out_path={tmp_path / 'eval.json'}", *args)
     assert message in one_error_line(result)
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_tasks_scored_at_each_validation_keep_the_best_checkpoint_and_rank_it(tmp_path):
+    refused = train_tiny(tmp_path / "refused", "callbacks.eval_tasks.tasks=[hellaswag]")
+    assert one_error_line(refused, only_line=True) == (
+        "error: callbacks.eval_tasks.tasks must be a list of tasks of conf/eval/, got ['hellaswag']; the tasks are "
+        "addition, comus, comus_cloze")
+    run = tmp_path / "run"
+    result = train_tiny(run, "callbacks.eval_tasks.tasks=[comus_cloze]",
+                        "callbacks.checkpoints.monitor=eval/comus_cloze/acc_norm")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(run / "metrics.csv") as f:
+        scores = [float(row["eval/comus_cloze/acc_norm"]) for row in csv.DictReader(f) if row["eval/comus_cloze/acc"]]
+    assert len(scores) == 2  # steps 30 and 60
+    kept = json.loads((run / "result.json").read_text())
+    assert kept["monitor"] == "eval/comus_cloze/acc_norm" and kept["mode"] == "max" and kept["best"] == max(scores)

@@ -19,6 +19,7 @@ from gpt import UserError
 from gpt.data.problems import FORMATS, OPERATIONS
 from gpt.data.text import EXAMPLES
 from gpt.data.tokenizers import KINDS
+from gpt.eval import task_names
 from gpt.metrics import MODES
 
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-true", "16-true", "64-true",
@@ -73,8 +74,11 @@ DATA = {
     "data.val_fraction": FRACTION, "data.example": one_of(*EXAMPLES), "data.num_proc": optional(POSITIVE_INT),
 }
 
+TASKS = Rule("a list of tasks of conf/eval/", lambda value: isinstance(value, list) and all(
+    name in task_names() for name in value), f"the tasks are {', '.join(task_names())}")
+
 TRAIN = {
-    **DATA,
+    **DATA, "callbacks.eval_tasks.tasks": TASKS,
     "seed": INTEGER, "global_batch_size": optional(POSITIVE_INT), "overwrite": BOOLEAN,
     "optim.lr": POSITIVE, "optim.weight_decay": NON_NEGATIVE,
     "scheduler.warmup_steps": NON_NEGATIVE_INT, "scheduler.min_lr": NON_NEGATIVE,
@@ -111,7 +115,7 @@ EXPORT = {"ckpt_path": TEXT, "out_dir": TEXT, "overwrite": BOOLEAN}
 
 TEXTS = Rule("a text or a list of texts", lambda value: isinstance(value, str) or (
     isinstance(value, list) and value and all(isinstance(v, str) for v in value)))
-EVALUATE = {"ckpt_path": TEXTS, "tasks": optional(TEXTS), "text_file": optional(TEXT), "choices_file": optional(TEXT),
+EVALUATE = {"ckpt_path": TEXTS, "text_file": optional(TEXT), "choices_file": optional(TEXT),
             "answers_file": optional(TEXT), "batch_size": POSITIVE_INT, "device": optional(TEXT),
             "out_path": TEXT}
 

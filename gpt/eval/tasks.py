@@ -8,6 +8,7 @@ config in ``conf/eval/`` that names one of these classes by ``_target_`` and giv
 - ``Answers``: JSONL of ``{"prompt", "answer"}``: the exact match of greedy answers (``gpt.eval.exact_match``).
 
 A task reads its file when it is scored; ``fits(tokenizer)`` says whether a checkpoint's tokenizer can write it.
+``EvalTasks`` scores chosen tasks at each validation of a training run (``callbacks.eval_tasks.tasks=[...]``).
 """
 
 import json
@@ -15,21 +16,35 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import lightning as L
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch.nn import functional as F
 
 from gpt import UserError
 from gpt.data.text import read_chunks, text_files
 from gpt.data.tokenizers import Tokenizer, text_bytes_per_token
+from gpt.eval import TASKS_DIR
 from gpt.eval.exact_match import score_answers
+from gpt.metrics import Metric, declare
 
 ROLLING_STRIDE = 0.5  # a rolling window moves by half the context: every token but the first ones sees half of it
+REPO = TASKS_DIR.parents[1]
+
+
+def load_task(name: str) -> "Task":
+    """The task of ``conf/eval/<name>.yaml``; its path is relative to the repository."""
+    config = OmegaConf.load(TASKS_DIR / f"{name}.yaml")
+    return instantiate(config, path=str(REPO / config.path), name=name)
 
 
 @dataclass
 class Task:
     path: str
     name: str = ""
+
+    metrics = {}  # what score() returns that is a metric, and which way is better (the rest are counts)
 
     def text(self) -> str:
         """The task's file, or the ``*.txt`` files of its directory one after the other."""
@@ -61,6 +76,8 @@ class Perplexity(Task):
     """Bits per byte (``bpb``), nats per token (``loss``) and perplexity per token (``ppl``) of a text. Windows of
     the model's context move by half of it; each token is predicted once, from the window where it is in the
     second half (the first window predicts all of its tokens). Special tokens count in neither sum."""
+
+    metrics = {"bpb": "min", "loss": "min", "ppl": "min"}
 
     def score(self, model, tokenizer: Tokenizer, batch_size: int) -> dict[str, float]:
         ids = self.encode(tokenizer, self.text(), self.path)
@@ -111,7 +128,9 @@ class MultipleChoice(Task):
     """``acc``: the share of items whose labelled choice has the highest summed log-probability after the context;
     ``acc_norm``: the same with each sum divided by the choice's length in UTF-8 bytes (lm-evaluation-harness's
     HellaSwag scoring). A context and choice longer than the model's context lose the context's start (and a choice
-longer than the context its first tokens, which are then not scored)."""
+    longer than the context its first tokens, which are then not scored)."""
+
+    metrics = {"acc": "max", "acc_norm": "max"}
 
     def items(self) -> list[dict]:
         items = []
@@ -189,6 +208,8 @@ class Answers(Task):
     """``exact_match`` and ``digit_acc`` of the greedy answers to JSONL prompts (``{"prompt", "answer"}``), as
     training validates them: an answer counts when it equals the reference and then ends."""
 
+    metrics = {"exact_match": "max", "digit_acc": "max"}
+
     def pairs(self) -> list[tuple[str, str]]:
         pairs = []
         for number, line in enumerate(self.text().splitlines(), start=1):
@@ -214,3 +235,31 @@ class Answers(Task):
             self.encode(tokenizer, prompt + answer, self.path)
         exact, per_character = score_answers(model, tokenizer, pairs)
         return {"exact_match": exact, "digit_acc": per_character, "items": len(pairs)}
+
+
+class EvalTasks(L.Callback):
+    """At each validation, the ``tasks`` of ``conf/eval/`` scored on the model being trained and logged as
+    ``eval/<task>/<metric>``. Each metric is declared (``gpt.metrics``), so the checkpoints can keep the best by it
+    (``callbacks.checkpoints.monitor=eval/comus_cloze/acc_norm``) and a sweep rank by it."""
+
+    def __init__(self, tasks: list[str] = (), batch_size: int = 32):
+        self.tasks, self.batch_size = {name: load_task(name) for name in tasks}, batch_size
+        for name, task in self.tasks.items():
+            for key, mode in task.metrics.items():
+                declare(Metric(f"eval/{name}/{key}", f"{name}_{key}", mode, f"{name} {key}"))
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        tokenizer = trainer.datamodule.tokenizer
+        if unfit := [name for name, task in self.tasks.items() if not task.fits(tokenizer)]:
+            raise UserError(f"callbacks.eval_tasks: task {unfit[0]} cannot be written with this data's "
+                            f"{tokenizer.kind} tokenizer of {tokenizer.vocab_size} tokens; choose tasks in its "
+                            "characters")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        for name, task in self.tasks.items():
+            scores = task.score(pl_module.model, trainer.datamodule.tokenizer, self.batch_size)
+            for key in task.metrics:
+                # every rank scores the same files: the values agree, the sync only keeps Lightning content
+                pl_module.log(f"eval/{name}/{key}", scores[key], sync_dist=True)
