@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from gpt import IGNORE_INDEX, UserError
 from gpt.data.tokenizers import CharTokenizer
-from gpt.eval.tasks import MultipleChoice, Perplexity, choice_logprobs, rolling_windows
+from gpt.eval.tasks import MultipleChoice, Perplexity, choice_logprobs, load_task, rolling_windows
 from gpt.models.transformer import GPTConfig
 from gpt.training.checkpoint import model_from_checkpoint
 from gpt.training.objectives import CausalLM
@@ -93,6 +93,13 @@ def test_a_bad_multiple_choice_line_is_refused_by_its_line(tmp_path, line, messa
     with pytest.raises(UserError, match="task choices: .*items.jsonl line 2") as error:
         MultipleChoice(str(path), "choices").items()
     assert message in str(error.value)
+
+
+def test_a_task_fits_the_tokenizers_that_can_write_its_prompts_and_answers():
+    addition, comus = (load_task(name) for name in ("addition", "comus"))
+    digits = CharTokenizer("+0123456789=")  # the vocabulary of experiment=addition, and its end token
+    assert addition.fits(digits) and not comus.fits(digits)
+    assert not addition.fits(CharTokenizer("+0123456789=", specials=()))  # no end token: an answer never ends
 
 
 def test_a_text_outside_the_char_vocabulary_is_one_line(tiny_run, tmp_path):

@@ -92,6 +92,7 @@ def test_a_short_run_validates_eight_times_and_shows_its_last_val_loss(tmp_path)
     assert "on the CPU" in (run / "train.log").read_text()
 
 
+@pytest.mark.slow  # Optuna's storage: the sweep table and direction tests cover the rest of sweep=optuna
 def test_an_optuna_search_keeps_its_study_in_sqlite(tmp_path):
     database = tmp_path / "optuna.db"
     result = sweep_tiny(tmp_path / "sweep", "sweep=optuna", "hydra.sweeper.n_trials=2", "trainer.max_steps=10",

@@ -116,6 +116,7 @@ def test_init_from_crops_block_size(tmp_path):
     assert torch.equal(model.wpe.weight, hf_wpe[:16])
 
 
+@pytest.mark.slow  # init_from HF weights is also run by test_fine_tune_gpt2_weights_on_prompt_answer_examples
 def test_fine_tune_from_hf_weights_on_bpe_data(tmp_path):
     small_hf_model(vocab_size=50257, n_positions=64).save_pretrained(tmp_path / "hf")
     model = ["model=gpt2", "model.n_layer=2", "model.n_head=4", "model.n_embd=64", "model.block_size=32"]

@@ -73,6 +73,7 @@ def test_sample_needs_a_mask_in_the_prompt(mlm_run):
     assert result.stderr.strip().startswith("error: the model is a masked LM and the prompt has no [MASK]")
 
 
+@pytest.mark.slow  # causal examples also resume, bitwise, in test_resume's every-format test
 def test_document_level_causal_lm_on_paragraphs(tmp_path):
     result = train_padded(tmp_path / "run", "data=shakespeare_paragraphs", "trainer.val_every_n_steps=40")
     assert result.returncode == 0, result.stderr

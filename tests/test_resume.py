@@ -45,6 +45,7 @@ def start_and_kill_after_first_checkpoint(run_dir) -> int:
     return checkpoint_step(last)
 
 
+@pytest.mark.slow  # exact resume: test_every_data_format_resumes_where_it_stopped; stops: test_safety
 def test_killed_run_resumes_exactly(tmp_path):
     full = tmp_path / "full"
     assert train_tiny(full, *RESUMABLE).returncode == 0

@@ -199,7 +199,8 @@ def test_sigterm_saves_the_step_says_how_to_resume_and_exits_143(tmp_path):
     assert logged_steps(run) == list(range(1, step + 6))
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGUSR1, 138)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130),
+                                          pytest.param(signal.SIGUSR1, 138, marks=pytest.mark.slow)])
 def test_ctrl_c_and_sigusr1_stop_the_same_way(tmp_path, signum, code):
     run = tmp_path / "run"
     process = start_training(run)

@@ -68,6 +68,7 @@ def test_grid_jobs_are_separate_wandb_runs_in_one_group_and_summarised(tmp_path,
     assert [run.best["val/loss"] for run in runs] == [float(rows[1]["val_loss"]), float(rows[0]["val_loss"])]
 
 
+@pytest.mark.slow  # a failed job in a sweep; the diverging run alone is test_bad_input's
 def test_a_diverged_trial_is_recorded_as_failed_and_the_search_goes_on(tmp_path):
     sweep_dir = tmp_path / "sweep"
     # only the learning rate is searched; TPE's seeded first trials pick 3e-3, then 1e30 (which diverges)

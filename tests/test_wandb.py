@@ -76,6 +76,7 @@ def test_resumed_training_continues_its_wandb_run(tmp_path, wandb_env):
     assert max(resumed.metric("trainer/global_step")) >= 89
 
 
+@pytest.mark.slow  # W&B without a key goes offline in test_run_without_api_key_logs_offline_into_the_run_directory
 def test_unreachable_wandb_falls_back_to_offline(tmp_path, wandb_env):
     # a key is set but the server cannot be reached (nothing listens on this loopback port)
     env = {**wandb_env, "WANDB_MODE": "online", "WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9",

@@ -225,7 +225,14 @@ class Answers(Task):
         return pairs
 
     def fits(self, tokenizer: Tokenizer) -> bool:
-        return tokenizer.eot_id is not None and super().fits(tokenizer)
+        if tokenizer.eot_id is None:
+            return False
+        try:
+            for prompt, answer in self.pairs():
+                tokenizer.encode(prompt + answer)
+        except UserError:
+            return False
+        return True
 
     def score(self, model, tokenizer: Tokenizer, batch_size: int) -> dict[str, float]:
         if tokenizer.eot_id is None:
