@@ -21,7 +21,7 @@ from gpt.cli.command_line import check_command_line, check_config
 from gpt.cli.errors import report_user_errors
 from gpt.eval import task_names
 from gpt.files import atomic_write_text
-from gpt.signals import stopped_by_signals
+from gpt.signals import stopped_by_signals, stops_deferred
 
 OWN_FILES = {"text_file": ("text", "Perplexity"), "choices_file": ("choices", "MultipleChoice"),
              "answers_file": ("answers", "Answers")}
@@ -42,7 +42,7 @@ def check_tasks(cfg: DictConfig, overrides: list[str]) -> None:
 
 
 def chosen_tasks(cfg: DictConfig) -> dict:
-    """The tasks by name: those named by ``tasks`` (or every shipped one), then one per ``*_path`` given."""
+    """The tasks by name: those named by ``tasks`` (or every shipped one), then one per ``*_file`` given."""
     from gpt.eval import tasks
 
     names = chosen_names(cfg)
@@ -57,9 +57,11 @@ def chosen_tasks(cfg: DictConfig) -> dict:
 
 def evaluate(cfg: DictConfig) -> list[dict]:
     """A row of results per checkpoint: ``task/metric`` values of every task that fits it."""
-    import torch
+    with stops_deferred():  # the imports of torch and Lightning finish before a stop (gpt.signals)
+        import torch
 
-    from gpt.training.checkpoint import model_from_checkpoint
+        from gpt.eval import tasks as _  # Lightning, with the tasks
+        from gpt.training.checkpoint import model_from_checkpoint
 
     tasks, asked = chosen_tasks(cfg), bool(chosen_names(cfg)) or any(cfg.get(key) for key in OWN_FILES)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from gpt.cli.checks import PREPARE
 from gpt.cli.command_line import check_command_line, check_config
 from gpt.cli.errors import report_user_errors
-from gpt.signals import stopped_by_signals
+from gpt.signals import stopped_by_signals, stops_deferred
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="prepare")
@@ -23,7 +23,8 @@ def main(cfg: DictConfig) -> None:
         check_config(cfg, "python prepare.py", PREPARE)
         from hydra.utils import instantiate  # the data format's own class prepares it (Lightning loads with it)
 
-        datamodule = instantiate(cfg.data)
+        with stops_deferred():  # the import of Lightning finishes before a stop (gpt.signals)
+            datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
         print(datamodule.prepared.describe())
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from gpt.cli.checks import TRAIN
 from gpt.cli.command_line import check_command_line, check_config, check_train
 from gpt.cli.errors import remove_if_unstarted, report_user_errors
-from gpt.signals import stopped_by_signals
+from gpt.signals import stopped_by_signals, stops_deferred
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -25,7 +25,8 @@ def main(cfg: DictConfig) -> float | None:
         check_config(cfg, "python train.py", TRAIN)
         # imported once the config is checked: a mistake is found without waiting seconds for torch and Lightning,
         # and Lightning's warnings go to the run's log
-        from gpt.training.run import train
+        with stops_deferred():
+            from gpt.training.run import train
 
         best = train(cfg)
         if cfg.trainer.get("fast_dev_run"):

@@ -28,6 +28,22 @@ def stopped_by_signals():
             signal.signal(signum, handler)
 
 
+@contextmanager
+def stops_deferred():
+    """Stop signals that come during the block take effect when it ends. For the imports of torch and Lightning: an
+    import stopped half-way can leave a native extension half-registered (scipy's, which Lightning's torchmetrics
+    loads), and its next import in the process then fails with a traceback instead of the stop's message."""
+    received = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        os.kill(os.getpid(), received[0])  # now, to the handler in place again
+
+
 def default_signals_in_child() -> None:
     """A forked process (a data preparation or DataLoader worker) takes the default action on the stop signals
     where this package handles them: a Python handler there may never run while the worker waits in a lock, and the

@@ -82,6 +82,25 @@ def test_sigterm_stops_generating_problems_at_once_and_leaves_nothing(tmp_path):
     assert not list(data.rglob("*.*")) and not run.exists()
 
 
+def test_a_stop_while_the_libraries_load_is_the_stop_and_leaves_nothing(tmp_path):
+    """SIGTERM half a second after the run's log exists: while torch and Lightning load (several seconds). An
+    import stopped half-way left scipy's extension half-registered, and its next import was a traceback."""
+    run, data = tmp_path / "run", tmp_path / "data"
+    process = start("train.py", f"hydra.run.dir={run}", f"paths.data_dir={data}")
+    try:
+        while not (run / "train.log").exists():
+            assert process.poll() is None
+            time.sleep(0.01)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 143, output[-2000:]
+    assert output.strip().splitlines()[-1] == "stopped by SIGTERM; nothing half-written was kept"
+    assert not run.exists()
+
+
 def test_sigterm_stops_prepare_py_and_leaves_nothing(tmp_path):
     text = tmp_path / "corpus.txt"
     text.write_text(SHAKESPEARE.read_text() * 40)

@@ -14,6 +14,7 @@ A task reads its file when it is scored; ``fits(tokenizer)`` says whether a chec
 import json
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import lightning as L
@@ -44,7 +45,7 @@ class Task:
     path: str
     name: str = ""
 
-    metrics = {}  # what score() returns that is a metric, and which way is better (the rest are counts)
+    metrics: ClassVar[dict[str, str]] = {}  # what score() returns that is a metric, and which way is better (the rest are counts)
 
     def text(self) -> str:
         """The task's file, or the ``*.txt`` files of its directory one after the other."""
@@ -77,7 +78,7 @@ class Perplexity(Task):
     the model's context move by half of it; each token is predicted once, from the window where it is in the
     second half (the first window predicts all of its tokens). Special tokens count in neither sum."""
 
-    metrics = {"bpb": "min", "loss": "min", "ppl": "min"}
+    metrics: ClassVar[dict[str, str]] = {"bpb": "min", "loss": "min", "ppl": "min"}
 
     def score(self, model, tokenizer: Tokenizer, batch_size: int) -> dict[str, float]:
         ids = self.encode(tokenizer, self.text(), self.path)
@@ -130,7 +131,7 @@ class MultipleChoice(Task):
     HellaSwag scoring). A context and choice longer than the model's context lose the context's start (and a choice
     longer than the context its first tokens, which are then not scored)."""
 
-    metrics = {"acc": "max", "acc_norm": "max"}
+    metrics: ClassVar[dict[str, str]] = {"acc": "max", "acc_norm": "max"}
 
     def items(self) -> list[dict]:
         items = []
@@ -208,7 +209,7 @@ class Answers(Task):
     """``exact_match`` and ``digit_acc`` of the greedy answers to JSONL prompts (``{"prompt", "answer"}``), as
     training validates them: an answer counts when it equals the reference and then ends."""
 
-    metrics = {"exact_match": "max", "digit_acc": "max"}
+    metrics: ClassVar[dict[str, str]] = {"exact_match": "max", "digit_acc": "max"}
 
     def pairs(self) -> list[tuple[str, str]]:
         pairs = []
