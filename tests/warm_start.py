@@ -127,7 +127,8 @@ def become(request: dict):
     script = request["argv"][0]
     sys.argv = list(request["argv"])
     # sys.path as a fresh interpreter starts it: the script's directory, then PYTHONPATH, then the rest
-    sys.path[:1] = [str(Path(script).resolve().parent), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    python_path = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    sys.path[:1] = [str(Path(script).resolve().parent), *python_path]
     importlib.invalidate_caches()
     runpy.run_path(script, run_name="__main__")
     raise SystemExit(0)

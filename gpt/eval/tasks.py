@@ -45,7 +45,8 @@ class Task:
     path: str
     name: str = ""
 
-    metrics: ClassVar[dict[str, str]] = {}  # what score() returns that is a metric, and which way is better (the rest are counts)
+    # what score() returns that is a metric, and which way is better (the rest are counts)
+    metrics: ClassVar[dict[str, str]] = {}
 
     def text(self) -> str:
         """The task's file, or the ``*.txt`` files of its directory one after the other."""
@@ -220,8 +221,10 @@ class Answers(Task):
                 item = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"task {self.name}: {self.path} line {number} is not JSON ({e.msg})") from None
-            if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k] for k in ("prompt", "answer")):
-                raise UserError(f'task {self.name}: {self.path} line {number} needs "prompt" and "answer", non-empty texts')
+            if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k]
+                                                     for k in ("prompt", "answer")):
+                raise UserError(f'task {self.name}: {self.path} line {number} needs "prompt" and "answer", '
+                                "non-empty texts")
             pairs.append((item["prompt"], item["answer"]))
         return pairs
 
