@@ -63,42 +63,29 @@ def test_a_count_that_cannot_fit_in_memory_is_one_line_before_anything_is_writte
     assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
 
 
-def test_sigterm_stops_generating_problems_at_once_and_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("args, after, within", [
+    # drawing 5 million problems, or still loading the libraries on a busy machine (then the stop waits for them)
+    (["data=arithmetic", "data.digits=6", "data.train_examples=5000000"], 3, 30),
+    # while torch and Lightning load: an import stopped half-way left scipy's extension half-registered, and its
+    # next import was a traceback; the stop now waits for the imports to finish
+    ([], 0.5, 60),
+], ids=["while generating problems", "while the libraries load"])
+def test_sigterm_stops_train_py_and_leaves_nothing(tmp_path, args, after, within):
     run, data = tmp_path / "run", tmp_path / "data"
-    process = start("train.py", "data=arithmetic", "data.digits=6", "data.train_examples=5000000",
-                    f"hydra.run.dir={run}", f"paths.data_dir={data}")
-    try:
-        while not (run / "train.log").exists():
-            assert process.poll() is None
-            time.sleep(0.05)
-        time.sleep(3)  # in the middle of drawing 5 million problems
-        process.send_signal(signal.SIGTERM)
-        sent = time.monotonic()
-        output, _ = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == 143 and time.monotonic() - sent < 10, output[-2000:]
-    assert output.strip().splitlines()[-1] == "stopped by SIGTERM; nothing half-written was kept"
-    assert not list(data.rglob("*.*")) and not run.exists()
-
-
-def test_a_stop_while_the_libraries_load_is_the_stop_and_leaves_nothing(tmp_path):
-    """SIGTERM half a second after the run's log exists: while torch and Lightning load (several seconds). An
-    import stopped half-way left scipy's extension half-registered, and its next import was a traceback."""
-    run, data = tmp_path / "run", tmp_path / "data"
-    process = start("train.py", f"hydra.run.dir={run}", f"paths.data_dir={data}")
+    process = start("train.py", *args, f"hydra.run.dir={run}", f"paths.data_dir={data}")
     try:
         while not (run / "train.log").exists():
             assert process.poll() is None
             time.sleep(0.01)
-        time.sleep(0.5)
+        time.sleep(after)
         process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
         output, _ = process.communicate(timeout=120)
     finally:
         process.kill()
-    assert process.returncode == 143, output[-2000:]
+    assert process.returncode == 143 and time.monotonic() - sent < within, output[-2000:]
     assert output.strip().splitlines()[-1] == "stopped by SIGTERM; nothing half-written was kept"
-    assert not run.exists()
+    assert not list(data.rglob("*.*")) and not run.exists()
 
 
 def test_sigterm_stops_prepare_py_and_leaves_nothing(tmp_path):
