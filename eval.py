@@ -41,18 +41,19 @@ def check_tasks(cfg: DictConfig, overrides: list[str]) -> None:
             raise UserError(f"task {name}: its data file {cfg[key]} does not exist; give {key}=<an existing file>")
 
 
-def chosen_tasks(cfg: DictConfig) -> dict:
-    """The tasks by name: those named by ``tasks`` (or every shipped one), then one per ``*_file`` given."""
+def chosen_tasks(cfg: DictConfig) -> tuple[dict, bool]:
+    """The tasks by name: those named by ``tasks``, then one per ``*_file`` given; or, when none is asked for (the
+    second value), every shipped one."""
     from gpt.eval import tasks
 
+    own = [key for key in OWN_FILES if cfg.get(key)]
     names = chosen_names(cfg)
-    chosen = {}
-    for name in names or ([] if any(cfg.get(key) for key in OWN_FILES) else task_names()):
-        chosen[name] = tasks.load_task(name)
-    for key, (name, kind) in OWN_FILES.items():
-        if cfg.get(key):
-            chosen[name] = getattr(tasks, kind)(path=cfg[key], name=name)
-    return chosen
+    asked = bool(names or own)
+    chosen = {name: tasks.load_task(name) for name in (names if asked else task_names())}
+    for key in own:
+        name, kind = OWN_FILES[key]
+        chosen[name] = getattr(tasks, kind)(path=cfg[key], name=name)
+    return chosen, asked
 
 
 def evaluate(cfg: DictConfig) -> list[dict]:
@@ -63,7 +64,7 @@ def evaluate(cfg: DictConfig) -> list[dict]:
         from gpt.eval import tasks as _  # Lightning, with the tasks
         from gpt.training.checkpoint import model_from_checkpoint
 
-    tasks, asked = chosen_tasks(cfg), bool(chosen_names(cfg)) or any(cfg.get(key) for key in OWN_FILES)
+    tasks, asked = chosen_tasks(cfg)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     paths = list(cfg.ckpt_path) if isinstance(cfg.ckpt_path, ListConfig) else [cfg.ckpt_path]
     rows = []

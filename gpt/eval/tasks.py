@@ -14,21 +14,22 @@ A task reads its file when it is scored; ``fits(tokenizer)`` says whether a chec
 import json
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from functools import cached_property
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from torch.nn import functional as F
 
-from gpt import UserError
+from gpt import IGNORE_INDEX, UserError
 from gpt.data.text import read_chunks, text_files
 from gpt.data.tokenizers import Tokenizer, text_bytes_per_token
 from gpt.eval import TASKS_DIR
 from gpt.eval.exact_match import score_answers
 from gpt.metrics import Metric, declare
+from gpt.models.interface import bits_and_bytes, cross_entropy
 
 ROLLING_STRIDE = 0.5  # a rolling window moves by half the context: every token but the first ones sees half of it
 REPO = TASKS_DIR.parents[1]
@@ -48,8 +49,10 @@ class Task:
     # what score() returns that is a metric, and which way is better (the rest are counts)
     metrics: ClassVar[dict[str, str]] = {}
 
+    @cached_property
     def text(self) -> str:
-        """The task's file, or the ``*.txt`` files of its directory one after the other."""
+        """The task's file, or the ``*.txt`` files of its directory one after the other (read once: a training run
+        scores it at every validation)."""
         if not Path(self.path).exists():
             raise UserError(f"task {self.name}: its data file {self.path} does not exist; put it there (data/eval/"
                             "build.py makes the shipped ones) or give another path")
@@ -58,7 +61,7 @@ class Task:
     def fits(self, tokenizer: Tokenizer) -> bool:
         """Whether ``tokenizer`` can write the task's text (a char tokenizer knows only its training characters)."""
         try:
-            tokenizer.encode(self.text())
+            tokenizer.encode(self.text)
         except UserError:
             return False
         return True
@@ -82,7 +85,7 @@ class Perplexity(Task):
     metrics: ClassVar[dict[str, str]] = {"bpb": "min", "loss": "min", "ppl": "min"}
 
     def score(self, model, tokenizer: Tokenizer, batch_size: int) -> dict[str, float]:
-        ids = self.encode(tokenizer, self.text(), self.path)
+        ids = self.encode(tokenizer, self.text, self.path)
         if len(ids) < 2:
             raise UserError(f"task {self.name}: {self.path} has fewer than two tokens; give a longer text")
         byte_counts = torch.tensor(text_bytes_per_token(tokenizer))
@@ -94,20 +97,18 @@ class Perplexity(Task):
             chunk = windows[start:start + batch_size]
             width = max(end - begin for begin, end, _ in chunk)
             inputs = torch.zeros(len(chunk), width, dtype=torch.long)
-            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+            labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
             for row, (begin, end, scored_from) in enumerate(chunk):
                 inputs[row, :end - begin] = torch.tensor(ids[begin:end])
                 targets = torch.tensor(ids[scored_from + 1:end + 1])
                 labels[row, scored_from - begin:end - begin] = targets
             with torch.no_grad():
                 logits = model(inputs.to(device)).float().cpu()
-            losses = F.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=-100, reduction="none")
-            counted = labels.flatten() != -100
-            token_bytes = byte_counts[labels.flatten().clamp(min=0)] * counted
-            nats += float(losses[counted].sum())
-            n_tokens += int(counted.sum())
-            bits_bytes += float(losses[token_bytes > 0].sum()) / math.log(2)
-            n_bytes += int(token_bytes.sum())
+            counted = int((labels != IGNORE_INDEX).sum())
+            nats += float(cross_entropy(logits, labels)) * counted
+            n_tokens += counted
+            bits, text_bytes = bits_and_bytes(logits, labels, byte_counts)
+            bits_bytes, n_bytes = bits_bytes + float(bits), n_bytes + int(text_bytes)
         return {"bpb": bits_bytes / max(n_bytes, 1), "loss": nats / n_tokens, "ppl": math.exp(nats / n_tokens),
                 "tokens": n_tokens}
 
@@ -134,9 +135,10 @@ class MultipleChoice(Task):
 
     metrics: ClassVar[dict[str, str]] = {"acc": "max", "acc_norm": "max"}
 
+    @cached_property
     def items(self) -> list[dict]:
         items = []
-        for number, line in enumerate(self.text().splitlines(), start=1):
+        for number, line in enumerate(self.text.splitlines(), start=1):
             if not line.strip():
                 continue
             where = f"{self.path} line {number}"
@@ -160,14 +162,14 @@ class MultipleChoice(Task):
 
     def fits(self, tokenizer: Tokenizer) -> bool:
         try:
-            for item in self.items():
+            for item in self.items:
                 tokenizer.encode(item["context"] + "".join(item["choices"]))
         except UserError:
             return False
         return True
 
     def score(self, model, tokenizer: Tokenizer, batch_size: int) -> dict[str, float]:
-        items = self.items()
+        items = self.items
         requests = [(i, self.encode(tokenizer, item["context"], item["where"]),
                      self.encode(tokenizer, choice, item["where"]))
                     for i, item in enumerate(items) for choice in item["choices"]]
@@ -212,9 +214,10 @@ class Answers(Task):
 
     metrics: ClassVar[dict[str, str]] = {"exact_match": "max", "digit_acc": "max"}
 
+    @cached_property
     def pairs(self) -> list[tuple[str, str]]:
         pairs = []
-        for number, line in enumerate(self.text().splitlines(), start=1):
+        for number, line in enumerate(self.text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -232,7 +235,7 @@ class Answers(Task):
         if tokenizer.eot_id is None:
             return False
         try:
-            for prompt, answer in self.pairs():
+            for prompt, answer in self.pairs:
                 tokenizer.encode(prompt + answer)
         except UserError:
             return False
@@ -241,7 +244,7 @@ class Answers(Task):
     def score(self, model, tokenizer: Tokenizer, batch_size: int) -> dict[str, float]:
         if tokenizer.eot_id is None:
             raise UserError(f"task {self.name}: the checkpoint's tokenizer has no end token, so its answers never end")
-        pairs = self.pairs()
+        pairs = self.pairs
         for prompt, answer in pairs:
             self.encode(tokenizer, prompt + answer, self.path)
         exact, per_character = score_answers(model, tokenizer, pairs)

@@ -4,6 +4,7 @@ The LightningModules, callbacks, the optimizer, the FSDP policy and the benchmar
 ``ModelConfig`` subclass whose ``build()`` returns a ``TokenModel`` subclass implementing ``logits``.
 """
 
+import math
 from dataclasses import replace
 
 import torch
@@ -99,6 +100,17 @@ class TokenModel(GenerationMixin, nn.Module):
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         return [group for group in groups if group["params"]]
+
+
+def bits_and_bytes(logits: torch.Tensor, labels: torch.Tensor, byte_counts: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the summed loss in bits of the labelled positions whose token stands for text, the UTF-8 bytes of that
+    text): bits per byte is their ratio. ``byte_counts[token]`` is the bytes of a token's text, 0 for a special
+    token, which counts in neither sum."""
+    labels = labels.flatten()
+    losses = F.cross_entropy(logits.flatten(0, -2).float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    byte_counts = byte_counts[labels.clamp(min=0)] * (labels != IGNORE_INDEX)
+    return losses[byte_counts > 0].sum() / math.log(2), byte_counts.sum()
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -6,20 +6,18 @@ one, or the masked ones); the module says what the model must be (causal or bidi
 """
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import replace
 
 import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
-from torch.nn import functional as F
 
 from gpt import IGNORE_INDEX, TrainingDiverged, UserError
 from gpt.compat import is_plain_attribute, skip_update_if
 from gpt.data.tokenizers import Tokenizer, text_bytes_per_token
 from gpt.models.configs import ModelConfig
-from gpt.models.interface import cross_entropy
+from gpt.models.interface import bits_and_bytes, cross_entropy
 from gpt.training.checkpoint import CheckpointRecord
 from gpt.training.devices import can_compile
 from gpt.training.optim import build_optimizer
@@ -189,11 +187,8 @@ class CausalLM(LanguageModel):
     def log_bits_per_byte(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """The summed loss, in bits, of the predicted tokens that stand for text, over the bytes of that text
         (special tokens count in neither); weighted by bytes, the epoch's value is the whole validation set's."""
-        labels = labels.flatten()
-        losses = F.cross_entropy(logits.flatten(0, -2).float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
-        byte_counts = self.byte_counts[labels.clamp(min=0)] * (labels != IGNORE_INDEX)
-        n_bytes = max(int(byte_counts.sum()), 1)
-        bits = losses[byte_counts > 0].sum() / math.log(2)
+        bits, n_bytes = bits_and_bytes(logits, labels, self.byte_counts)
+        n_bytes = max(int(n_bytes), 1)
         self.log("val/bpb", bits / n_bytes, batch_size=n_bytes, prog_bar=True, sync_dist=True)
 
 
