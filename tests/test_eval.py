@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from gpt import IGNORE_INDEX, UserError
 from gpt.data.tokenizers import CharTokenizer
-from gpt.eval.tasks import MultipleChoice, Perplexity, choice_logprobs, load_task, rolling_windows
+from gpt.eval.tasks import MultipleChoice, Perplexity, continuation_logprobs, load_task, rolling_windows
 from gpt.models.transformer import GPTConfig
 from gpt.training.checkpoint import model_from_checkpoint
 from gpt.training.objectives import CausalLM
@@ -56,8 +56,8 @@ def test_choices_are_scored_in_batches_as_one_at_a_time(tiny_run):
     model, tokenizer, _ = model_from_checkpoint(tiny_run / "checkpoints" / "best.ckpt")
     requests = [(tokenizer.encode(context), tokenizer.encode(choice)) for context, choice in
                 [("ROMEO:\n", "Good morrow."), ("To be, or not to be", " that is"), ("A" * 40, "B" * 3)]]
-    batched = choice_logprobs(model, requests, batch_size=3)
-    for (context, choice), logprob in zip(requests, batched):
+    batched = continuation_logprobs(model, requests, batch_size=3)
+    for (context, choice), (logprob, _) in zip(requests, batched):
         row = (context + choice)[-(model.block_size + 1):]
         with torch.no_grad():
             logprobs = torch.log_softmax(model(torch.tensor([row[:-1]])), dim=-1)[0]

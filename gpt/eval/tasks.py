@@ -173,7 +173,8 @@ class MultipleChoice(Task):
         requests = [(i, self.encode(tokenizer, item["context"], item["where"]),
                      self.encode(tokenizer, choice, item["where"]))
                     for i, item in enumerate(items) for choice in item["choices"]]
-        logprobs = choice_logprobs(model, [(context, choice) for _, context, choice in requests], batch_size)
+        logprobs = [logprob for logprob, _ in
+                    continuation_logprobs(model, [(context, choice) for _, context, choice in requests], batch_size)]
         by_item: dict[int, list[float]] = {}
         for (i, _, _), logprob in zip(requests, logprobs):
             by_item.setdefault(i, []).append(logprob)
@@ -186,11 +187,16 @@ class MultipleChoice(Task):
         return {"acc": acc / len(items), "acc_norm": acc_norm / len(items), "items": len(items)}
 
 
-def choice_logprobs(model, requests: list[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
-    """The summed log-probability of each choice's tokens after its context, in batches of similar lengths."""
+def continuation_logprobs(model, requests: list[tuple[list[int], list[int]]], batch_size: int
+                          ) -> list[tuple[float, bool]]:
+    """For each (context, continuation) of token ids: the summed log-probability of the continuation's tokens after
+    the context, and whether greedy decoding gives those tokens; in batches of similar lengths, the log-softmax
+    taken only where a token is scored. A pair longer than the model's context (plus one) loses the context's start,
+    and a continuation longer than the context its first tokens, which are then not scored (lm-evaluation-harness's
+    truncation)."""
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]) - len(requests[i][1]))
     device = next(model.parameters()).device
-    results = [0.0] * len(requests)
+    results = [(0.0, True)] * len(requests)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         rows = [(requests[i][0] + requests[i][1])[-(model.block_size + 1):] for i in chunk]
@@ -199,11 +205,13 @@ def choice_logprobs(model, requests: list[tuple[list[int], list[int]]], batch_si
         for r, row in enumerate(rows):
             inputs[r, :len(row) - 1] = torch.tensor(row[:-1])
         with torch.no_grad():
-            logprobs = torch.log_softmax(model(inputs.to(device)).float(), dim=-1).cpu()
+            logits = model(inputs.to(device))
         for r, (i, row) in enumerate(zip(chunk, rows)):
             n = min(len(requests[i][1]), len(row) - 1)
-            positions = torch.arange(len(row) - 1 - n, len(row) - 1)
-            results[i] = float(logprobs[r, positions, torch.tensor(row[-n:])].sum())
+            logprobs = torch.log_softmax(logits[r, len(row) - 1 - n:len(row) - 1].float(), dim=-1).cpu()
+            targets = torch.tensor(row[len(row) - n:], dtype=torch.long)
+            results[i] = (float(logprobs[torch.arange(n), targets].sum()),
+                          bool((logprobs.argmax(dim=-1) == targets).all()))
     return results
 
 
