@@ -212,22 +212,22 @@ def cut_at_first(text: str, stops: list[str]) -> str:
 
 
 def main() -> None:
-    """lm-eval's command line with our tasks included (unless ``--include_path`` is given) and errors as one line."""
+    """lm-eval's command line with our tasks included (unless ``--include_path`` is given); a mistake is one line
+    and exit status 2, as with every command of the project."""
     from lm_eval.__main__ import cli_evaluate
-
-    from gpt.cli.errors import report_user_errors
 
     arguments = sys.argv[1:]
     if arguments and "--include_path" not in arguments and not {"-h", "--help"} & set(arguments):
         sys.argv += ["--include_path", str(HARNESS_TASKS)]
-    with report_user_errors():
-        try:
-            cli_evaluate()
-        except ValueError as e:
-            if not str(e).startswith("Tasks not found"):
-                raise
-            raise UserError(f"{e}; ours are the files of data/eval/harness/, and 'python -m gpt.eval.harness ls "
-                            "tasks' lists lm-eval's") from None
+    try:
+        cli_evaluate()
+    except (UserError, ValueError) as e:
+        if isinstance(e, ValueError) and not str(e).startswith("Tasks not found"):
+            raise
+        hint = "" if isinstance(e, UserError) else \
+            "; ours are the files of data/eval/harness/, and 'python -m gpt.eval.harness ls tasks' lists lm-eval's"
+        print(f"error: {e}{hint}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
