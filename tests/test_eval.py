@@ -140,3 +140,13 @@ def test_tasks_scored_at_each_validation_keep_the_best_checkpoint_and_rank_it(tm
     assert len(scores) == 2  # steps 30 and 60
     kept = json.loads((run / "result.json").read_text())
     assert kept["monitor"] == "eval/comus_cloze/acc_norm" and kept["mode"] == "max" and kept["best"] == max(scores)
+
+
+def test_an_optuna_sweep_knows_which_way_a_task_metric_is_better_before_any_library_loads():
+    from gpt.cli.checks import TRAIN
+    from gpt.cli.command_line import check_command_line, check_train
+    from gpt.metrics import direction
+
+    check_command_line("train", TRAIN, ["-m", "sweep=optuna", "callbacks.eval_tasks.tasks=[comus,comus_cloze]",
+                                        "callbacks.checkpoints.monitor=eval/comus_cloze/acc_norm"], also=check_train)
+    assert direction("eval/comus_cloze/acc_norm") == "maximize" and direction("eval/comus/bpb") == "minimize"

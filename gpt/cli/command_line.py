@@ -17,6 +17,7 @@ from gpt import UserError
 from gpt.cli.checks import RENAMED, Rule, check_model, check_paths, check_values
 from gpt.cli.errors import report_user_errors
 from gpt.compat import hydra_error_key
+from gpt.eval import declare_task_metrics
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # config groups that need an extra package, and the command that installs it
@@ -169,6 +170,8 @@ def check_train(cfg: DictConfig, overrides: list[str]) -> None:
     devices)."""
     check_resume_source(cfg.get("ckpt_path"), overrides)
     check_paths(cfg)
+    for task in cfg.get("callbacks", {}).get("eval_tasks", {}).get("tasks") or []:
+        declare_task_metrics(task)  # a sweep may optimise one of them
     trainer = cfg.trainer
     if trainer.accelerator in ("gpu", "cuda") or trainer.devices not in (1, "1", "auto"):
         from gpt.training.devices import refuse_missing_devices

@@ -26,9 +26,8 @@ from omegaconf import OmegaConf
 from gpt import IGNORE_INDEX, UserError
 from gpt.data.text import read_chunks, text_files
 from gpt.data.tokenizers import Tokenizer, text_bytes_per_token
-from gpt.eval import TASKS_DIR
+from gpt.eval import TASK_METRICS, TASKS_DIR, declare_task_metrics
 from gpt.eval.exact_match import score_answers
-from gpt.metrics import Metric, declare
 from gpt.models.interface import bits_and_bytes, cross_entropy
 
 ROLLING_STRIDE = 0.5  # a rolling window moves by half the context: every token but the first ones sees half of it
@@ -82,7 +81,7 @@ class Perplexity(Task):
     the model's context move by half of it; each token is predicted once, from the window where it is in the
     second half (the first window predicts all of its tokens). Special tokens count in neither sum."""
 
-    metrics: ClassVar[dict[str, str]] = {"bpb": "min", "loss": "min", "ppl": "min"}
+    metrics: ClassVar[dict[str, str]] = TASK_METRICS["Perplexity"]
 
     def score(self, model, tokenizer: Tokenizer, batch_size: int) -> dict[str, float]:
         ids = self.encode(tokenizer, self.text, self.path)
@@ -133,7 +132,7 @@ class MultipleChoice(Task):
     HellaSwag scoring). A context and choice longer than the model's context lose the context's start (and a choice
     longer than the context its first tokens, which are then not scored)."""
 
-    metrics: ClassVar[dict[str, str]] = {"acc": "max", "acc_norm": "max"}
+    metrics: ClassVar[dict[str, str]] = TASK_METRICS["MultipleChoice"]
 
     @cached_property
     def items(self) -> list[dict]:
@@ -220,7 +219,7 @@ class Answers(Task):
     """``exact_match`` and ``digit_acc`` of the greedy answers to JSONL prompts (``{"prompt", "answer"}``), as
     training validates them: an answer counts when it equals the reference and then ends."""
 
-    metrics: ClassVar[dict[str, str]] = {"exact_match": "max", "digit_acc": "max"}
+    metrics: ClassVar[dict[str, str]] = TASK_METRICS["Answers"]
 
     @cached_property
     def pairs(self) -> list[tuple[str, str]]:
@@ -267,8 +266,7 @@ class EvalTasks(L.Callback):
     def __init__(self, tasks: list[str] = (), batch_size: int = 32):
         self.tasks, self.batch_size = {name: load_task(name) for name in tasks}, batch_size
         for name, task in self.tasks.items():
-            for key, mode in task.metrics.items():
-                declare(Metric(f"eval/{name}/{key}", f"{name}_{key}", mode, f"{name} {key}"))
+            declare_task_metrics(name, task.metrics)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         tokenizer = trainer.datamodule.tokenizer
