@@ -58,6 +58,12 @@ BITS_PER_BYTE = declare(Metric("val/bpb", "bpb", "min", "bits per byte", progres
 EXACT_MATCH = declare(Metric("val/exact_match", "exact_match", "max", "exact match", ".3f", progress_bar=True))
 DIGIT_ACC = declare(Metric("val/digit_acc", "digit_acc", "max", "digit accuracy", ".3f", progress_bar=True))
 MLM_ACC = declare(Metric("val/mlm_acc", "mlm_acc", "max", "masked-token accuracy", ".4f", progress_bar=True))
+# preference objectives (lm=dpo): the share of held-out pairs whose chosen completion is rewarded more, the mean
+# reward difference, and the policy's mean log-probability of the chosen and the rejected completions
+REWARD_ACC = declare(Metric("val/reward_acc", "reward_acc", "max", "reward accuracy", ".3f", progress_bar=True))
+MARGIN = declare(Metric("val/margin", "margin", "max", "reward margin", ".3f"))
+CHOSEN_LOGP = declare(Metric("val/chosen_logp", "chosen_logp", "max", "chosen log-prob", ".2f"))
+REJECTED_LOGP = declare(Metric("val/rejected_logp", "rejected_logp", "min", "rejected log-prob", ".2f"))
 
 
 def metric_named(name: str, declared: dict | None = None) -> Metric | None:

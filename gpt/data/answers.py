@@ -80,10 +80,16 @@ class AnswersDataModule(ExamplesDataModule):
 
     def held_out_answers(self) -> list[tuple[str, str]]:
         """The first ``eval_examples`` examples of the validation split as (prompt, answer) texts."""
+        data = self.prepared
+        return self.prompts_and_answers(range(data.n_train_examples,
+                                              min(data.n_examples, data.n_train_examples + self.eval_examples)))
+
+    def prompts_and_answers(self, indices: range) -> list[tuple[str, str]]:
+        """The examples of ``indices`` as (prompt, answer) texts, without their end token."""
         data, tok = self.prepared, self.tokenizer
         tokens, offsets = data.example_tokens().tokens, data.example_offsets
         pairs = []
-        for i in range(data.n_train_examples, min(data.n_examples, data.n_train_examples + self.eval_examples)):
+        for i in indices:
             example, prompt_length = tokens[offsets[i]:offsets[i + 1]].tolist(), int(data.prompt_lengths[i])
             pairs.append((tok.decode(example[:prompt_length]), tok.decode(example[prompt_length:-1])))
         return pairs

@@ -5,6 +5,7 @@ Every batch is a dict (``gpt.datamodule``): ``input_ids``, ``labels`` (what each
 one, or the masked ones); the module says what the model must be (causal or bidirectional).
 """
 
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,6 +17,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from gpt import IGNORE_INDEX, TrainingDiverged, UserError
 from gpt.compat import is_plain_attribute, skip_update_if
 from gpt.data.tokenizers import Tokenizer, text_bytes_per_token
+from gpt.metrics import CHOSEN_LOGP, MARGIN, REJECTED_LOGP, REWARD_ACC
 from gpt.models.configs import ModelConfig
 from gpt.models.interface import bits_and_bytes, cross_entropy
 from gpt.training.checkpoint import CheckpointRecord
@@ -207,3 +209,85 @@ class MaskedLM(LanguageModel):
         correct = (logits[masked].argmax(dim=-1) == labels[masked]).sum()
         self.log("val/mlm_acc", correct / max(int(masked.sum()), 1), batch_size=int(masked.sum()), prog_bar=True,
                  sync_dist=True)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
+             reference_rejected: torch.Tensor, beta: float, loss: str = "sigmoid"
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean loss, chosen rewards, rejected rewards) of pairs, from the summed log-probabilities of their
+    completions under the policy and the reference. A reward is ``beta`` times the policy's log-ratio to the
+    reference; ``h`` is the chosen log-ratio minus the rejected one.
+
+    - ``sigmoid``: DPO (Rafailov et al. 2023), ``-log sigmoid(beta * h)``;
+    - ``ipo``: IPO (Azar et al. 2023), ``(h - 1 / (2 * beta))^2``: a target margin instead of an unbounded one."""
+    chosen_ratio, rejected_ratio = policy_chosen - reference_chosen, policy_rejected - reference_rejected
+    h = chosen_ratio - rejected_ratio
+    if loss == "sigmoid":
+        losses = -torch.nn.functional.logsigmoid(beta * h)
+    elif loss == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    else:
+        raise UserError(f"lm.loss={loss} is not a preference loss; choose one of {', '.join(PREFERENCE_LOSSES)}")
+    return losses.mean(), beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+
+
+PREFERENCE_LOSSES = ("sigmoid", "ipo")
+
+
+class DPO(LanguageModel):
+    """Direct preference optimisation on comparison pairs (``data=pairs``) from an SFT checkpoint (``init_from``),
+    which is also the frozen reference: its log-probabilities come from a copy of the initial weights, run without
+    gradients in the same step; it has no optimizer state and is never saved (a resumed run rebuilds it from
+    ``init_from``). ``loss``: ``sigmoid`` (DPO) or ``ipo``; ``beta``: the strength of the pull to the reference.
+
+    Validation logs the loss (``val/loss``), ``val/reward_acc`` (the share of pairs whose chosen completion has
+    the higher reward), ``val/margin`` (the mean reward difference) and the mean log-probabilities of the chosen
+    and rejected completions; with checkable prompts, the exact match of generated answers as well."""
+
+    wrong_attention = "lm=dpo needs a model with causal attention, model.causal=true, as its SFT checkpoint has"
+
+    def __init__(self, *args, beta: float = 0.1, loss: str = "sigmoid", **kwargs):
+        super().__init__(*args, **kwargs)
+        if loss not in PREFERENCE_LOSSES:
+            raise UserError(f"lm.loss={loss} is not a preference loss; choose one of {', '.join(PREFERENCE_LOSSES)}")
+        if not beta > 0:
+            raise UserError(f"lm.beta must be positive, got {beta}; DPO uses 0.1")
+        self.beta, self.loss_name = beta, loss
+        self.frozen: list = []  # [the reference]: in a list, so it is neither a submodule, nor saved, nor trained
+
+    def setup(self, stage: str) -> None:
+        # after train.py loaded init_from into the model, before a resumed run's weights replace them
+        if not self.frozen:
+            self.frozen.append(copy.deepcopy(self.model).requires_grad_(False).eval())
+
+    def on_fit_start(self) -> None:
+        self.frozen[0].to(self.device)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.preference(batch)[0]
+
+    def sequence_logprobs(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The summed log-probability of each row's labelled tokens (its completion and end token)."""
+        logits = model(batch["input_ids"])
+        labels = batch["labels"]
+        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                                ignore_index=IGNORE_INDEX, reduction="none")
+        return -nll.view_as(labels).sum(dim=1)
+
+    def preference(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(loss, chosen rewards, rejected rewards, policy log-probs) of a batch of pairs (chosen rows first)."""
+        policy = self.sequence_logprobs(self.model, batch)
+        with torch.no_grad():
+            reference = self.sequence_logprobs(self.frozen[0], batch)
+        n = policy.size(0) // 2
+        loss, chosen, rejected = dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], self.beta,
+                                          self.loss_name)
+        return loss, chosen, rejected, policy.detach()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, chosen, rejected, policy = self.preference(batch)
+        n = chosen.size(0)
+        self.log("val/loss", loss, batch_size=n, prog_bar=True, sync_dist=True)
+        for metric, value in [(REWARD_ACC, (chosen > rejected).float().mean()), (MARGIN, (chosen - rejected).mean()),
+                              (CHOSEN_LOGP, policy[:n].mean()), (REJECTED_LOGP, policy[n:].mean())]:
+            self.log(metric.name, value, batch_size=n, prog_bar=metric.progress_bar, sync_dist=True)

@@ -1,0 +1,88 @@
+"""Preference training: comparison pairs (data=pairs) and DPO (lm=dpo) from an SFT checkpoint, which is the frozen
+reference. The losses against their papers' formulas on log-probabilities worked out by hand; a real SFT run, then
+a real DPO run from it; bad pairs and a DPO without its reference refused in one line."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from gpt import UserError
+from gpt.data.pairs import prepare_pairs
+from gpt.training.objectives import dpo_loss
+
+from conftest import TINY_GPT, run_script
+from test_safety import one_error_line
+
+
+def train(run_dir, *overrides: str):
+    """A short run of the tiny model on examples of JSONL files (no windows to validate on)."""
+    return run_script("train.py", *TINY_GPT, "trainer.max_steps=60", "trainer.val_every_n_steps=30",
+                      "scheduler.warmup_steps=5", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
+                      f"paths.data_dir={run_dir.parent / 'data'}", *overrides)
+
+
+def test_dpo_and_ipo_losses_are_their_papers_formulas():
+    # two pairs: log-probs of the chosen and rejected completions under the policy and the reference
+    policy_chosen, policy_rejected = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -2.0])
+    reference_chosen, reference_rejected = torch.tensor([-3.5, -4.0]), torch.tensor([-3.0, -2.5])
+    # the log-ratio margins h: (-3 + 3.5) - (-4 + 3) = 1.5 and (-5 + 4) - (-2 + 2.5) = -1.5
+    loss, chosen, rejected = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.5)
+    expected = (math.log(1 + math.exp(-0.75)) + math.log(1 + math.exp(0.75))) / 2  # -log sigmoid(beta h)
+    assert float(loss) == pytest.approx(expected)
+    assert chosen.tolist() == pytest.approx([0.25, -0.5]) and rejected.tolist() == pytest.approx([-0.5, 0.25])
+    loss, _, _ = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.5, loss="ipo")
+    assert float(loss) == pytest.approx(((1.5 - 1) ** 2 + (-1.5 - 1) ** 2) / 2)  # (h - 1 / (2 beta))^2
+    with pytest.raises(UserError, match="choose one of sigmoid, ipo"):
+        dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.5, loss="kto")
+
+
+def addition_pairs(count: int, seed: int) -> list[dict]:
+    """Pairs of 2-digit additions: the sum chosen, the sum that babbles on (``+1`` after it) rejected."""
+    rng = torch.Generator().manual_seed(seed)
+    return [{"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": f"{a + b}+1"}
+            for a, b in torch.randint(0, 100, (count, 2), generator=rng).tolist()]
+
+
+def test_dpo_from_an_sft_checkpoint_learns_to_prefer_the_chosen_answers(tmp_path):
+    sft_data = tmp_path / "sft.jsonl"
+    sft_data.write_text("".join(json.dumps({"prompt": p["prompt"], "answer": p["chosen"]}) + "\n"
+                                for p in addition_pairs(600, seed=0)))
+    sft = train(tmp_path / "sft", "data=jsonl", f"data.text_path={sft_data}", "data.batch_size=32")
+    assert sft.returncode == 0, sft.stderr[-2000:]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in addition_pairs(600, seed=1)))
+    run = tmp_path / "dpo"
+    dpo = train(run, "lm=dpo", f"data.text_path={pairs}", "data.batch_size=16", "optim.lr=1e-3",
+                     f"init_from={tmp_path / 'sft' / 'checkpoints' / 'best.ckpt'}")
+    assert dpo.returncode == 0, dpo.stderr[-2000:]
+    with open(run / "metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f)]
+    validations = [row for row in rows if row.get("val/reward_acc")]
+    assert {"val/margin", "val/chosen_logp", "val/rejected_logp", "val/exact_match"} <= set(rows[0])
+    # at the start the policy is the reference: every reward is 0 and the loss log 2; DPO moves them apart
+    assert float(validations[-1]["val/loss"]) < math.log(2) and float(validations[-1]["val/margin"]) > 0
+    assert float(validations[-1]["val/reward_acc"]) > 0.9
+    assert (run / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_pairs_whose_completions_are_the_same_are_refused_by_line(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n'
+                     '{"prompt": "2+2=", "chosen": "4", "rejected": "4"}\n')
+    with pytest.raises(UserError, match=r"pairs.jsonl:2: its chosen and rejected completions are the same"):
+        prepare_pairs(pairs, tmp_path / "out")
+    pairs.write_text('{"prompt": "1+1=", "chosen": "2"}\n')
+    with pytest.raises(UserError, match=r"pairs.jsonl:1 is not a comparison"):
+        prepare_pairs(pairs, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_dpo_without_the_checkpoint_it_starts_from_is_one_line(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "1+1=", "chosen": "2", "rejected": "3"}\n')
+    result = train(tmp_path / "run", "lm=dpo", f"data.text_path={pairs}")
+    assert result.returncode == 2 and "lm=dpo needs init_from=" in one_error_line(result)
+    assert not (tmp_path / "run").exists()
