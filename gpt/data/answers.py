@@ -5,7 +5,9 @@ checked by generation (``gpt.eval.exact_match``)."""
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from gpt.data.store import PreparedData, check_val_fraction, fit, prepare, prepa
 from gpt.data.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class AnswerCollate(PadCollate):
@@ -98,20 +101,20 @@ class AnswersDataModule(ExamplesDataModule):
 # --------------------------------------------------------------------------- the writer: examples with prompt lengths
 
 
-def read_answers(path: Path) -> list[tuple[str, str]]:
-    """The (prompt, answer) pairs of a JSONL file: one ``{"prompt": ..., "answer": ...}`` object per line (blank lines
-    are skipped); a line that is not one, or whose answer is empty, is refused by its number."""
-    pairs = []
+def read_jsonl(path: Path, parse: Callable[[str, str], T], shape: str) -> list[T]:
+    """The items of a JSONL file, one per line (blank lines are skipped), each made by ``parse(line, where)``,
+    which refuses a line that is not one by its number; ``shape``: what a line holds, for the messages."""
+    items = []
     try:
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
                 if line.strip():
-                    pairs.append(answer_pair(line, f"{path}:{number}"))
+                    items.append(parse(line, f"{path}:{number}"))
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text; convert it with iconv -t utf-8") from None
-    if not pairs:
-        raise UserError(f"{path} has no examples; write one {{\"prompt\": ..., \"answer\": ...}} object per line")
-    return pairs
+    if not items:
+        raise UserError(f"{path} has no examples; write one {shape} object per line")
+    return items
 
 
 def answer_pair(line: str, where: str) -> tuple[str, str]:
@@ -139,40 +142,55 @@ def prepare_answers(text_path: str | Path, out_dir: str | Path, tokenizer: str =
     """Tokenize the prompt -> answer examples of a JSONL file into ``tokens.bin`` + ``offsets.npy`` +
     ``prompt_lengths.npy``: each example is its prompt, its answer and the end token. The validation split is
     ``val_path``, or else the last ``val_fraction`` of the examples."""
+    return prepare_jsonl(text_path, out_dir, tokenizer, vocab_size, val_fraction, val_path, "prompts and answers",
+                         {"answers": True}, lambda path: read_jsonl(path, answer_pair, ANSWER_SHAPE), list)
+
+
+ANSWER_SHAPE = '{"prompt": ..., "answer": ...}'
+
+
+def prepare_jsonl(text_path: str | Path, out_dir: str | Path, tokenizer: str, vocab_size: int | None,
+                  val_fraction: float, val_path: str | Path | None, what: str, option: dict,
+                  read: Callable[[Path], list[T]], completions: Callable[[list[T]], list[tuple[str, str]]]) -> dict:
+    """Prepare the items of a JSONL file (``read``; ``what`` they are, for the messages) as (prompt, completion)
+    examples (``completions`` of the items) with their prompt lengths; the validation items are those of
+    ``val_path``, or the last ``val_fraction``. ``option`` tells this kind of item's prepared directories apart."""
     files = [Path(text_path), *([Path(val_path)] if val_path else [])]
     for path in files:
         if not path.is_file():
-            what = "is a directory" if path.is_dir() else "not found"
-            raise UserError(f"data file {what}: {path}; set data.text_path to a JSONL file of prompts and answers")
+            problem = "is a directory" if path.is_dir() else "not found"
+            raise UserError(f"data file {problem}: {path}; set data.text_path to a JSONL file of {what}")
     if not val_path:
         check_val_fraction(val_fraction)
-    options = {"tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": val_fraction, "answers": True}
-    return prepare(Path(out_dir), files, options, lambda out: build_answers(*answer_splits(files, val_fraction), out,
-                                                                           tokenizer, vocab_size))
+
+    def build(out: Path) -> tuple[Tokenizer, dict]:
+        train = read(files[0])
+        if len(files) > 1:
+            val = read(files[1])
+        else:
+            n_train = int(len(train) * (1 - val_fraction))
+            if not 0 < n_train < len(train):
+                raise UserError(f"{files[0]} has only {len(train)} example(s), too few for a train and a val split")
+            train, val = train[:n_train], train[n_train:]
+        log.info("preparing %d train and %d val %s in %s", len(train), len(val), what, out)
+        return write_completions(completions(train), completions(val), out, tokenizer, vocab_size)
+
+    options = {"tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": val_fraction, **option}
+    return prepare(Path(out_dir), files, options, build)
 
 
-def answer_splits(files: list[Path], val_fraction: float) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(train, val) examples: of the first file and the second, or the first file split by ``val_fraction``."""
-    train = read_answers(files[0])
-    if len(files) > 1:
-        return train, read_answers(files[1])
-    n_train = int(len(train) * (1 - val_fraction))
-    if not 0 < n_train < len(train):
-        raise UserError(f"{files[0]} has only {len(train)} example(s), too few for a train and a val split")
-    return train[:n_train], train[n_train:]
-
-
-def build_answers(train: list[tuple[str, str]], val: list[tuple[str, str]], out_dir: Path, kind: str,
-                   vocab_size: int | None) -> tuple[Tokenizer, dict]:
-    log.info("preparing %d train and %d val prompt -> answer examples in %s", len(train), len(val), out_dir)
-    tok = fit(kind, lambda: (prompt + answer + "\n" for prompt, answer in train),
-              lambda: (prompt + answer for prompt, answer in train + val), vocab_size)
+def write_completions(train: list[tuple[str, str]], val: list[tuple[str, str]], out_dir: Path, kind: str,
+                      vocab_size: int | None) -> tuple[Tokenizer, dict]:
+    """Fit the tokenizer on the training examples and write every (prompt, completion) example: its prompt, its
+    completion and the end token."""
+    tok = fit(kind, lambda: (prompt + completion + "\n" for prompt, completion in train),
+              lambda: (prompt + completion for prompt, completion in train + val), vocab_size)
     if tok.eot_id is None:
-        raise UserError(f"the {tok.kind} tokenizer has no end token, which answers need")
+        raise UserError(f"the {tok.kind} tokenizer has no end token, which completions need")
     prompts = [tok.encode(prompt) for prompt, _ in train + val]
-    answers = [tok.encode(answer) + [tok.eot_id] for _, answer in train + val]
+    completions = [tok.encode(completion) + [tok.eot_id] for _, completion in train + val]
     data = PreparedData(out_dir)
-    offsets = data.write_examples((p + a for p, a in zip(prompts, answers)), token_dtype(tok.vocab_size))
+    offsets = data.write_examples((p + c for p, c in zip(prompts, completions)), token_dtype(tok.vocab_size))
     data.write_array(data.prompt_lengths_path, np.array([len(prompt) for prompt in prompts]))
     return tok, {"examples": len(prompts), "train_examples": len(train), "skipped_empty": 0,
                  "tokens": int(offsets[-1])}

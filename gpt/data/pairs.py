@@ -5,7 +5,6 @@ token only (the prompt is given, not scored). The validation pairs' prompts, wit
 answers, are checked by generation where they can be (``held_out_answers``)."""
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,9 @@ import torch
 from torch.utils.data import Dataset
 
 from gpt import UserError
-from gpt.data.answers import AnswerCollate, AnswersDataModule, answer_pair
+from gpt.data.answers import AnswerCollate, AnswersDataModule, answer_pair, prepare_jsonl, read_jsonl
 from gpt.data.examples import Examples, LengthGroupedSampler
-from gpt.data.store import PreparedData, check_val_fraction, fit, prepare, prepared_name, token_dtype
-from gpt.data.tokenizers import Tokenizer
-
-log = logging.getLogger(__name__)
+from gpt.data.store import PreparedData, prepared_name
 
 Pair = tuple[str, str, str]  # (prompt, chosen, rejected)
 
@@ -87,21 +83,6 @@ class PairsDataModule(AnswersDataModule):
 # --------------------------------------------------------------------------- the writer
 
 
-def read_pairs(path: Path) -> list[Pair]:
-    """The pairs of a JSONL file (blank lines skipped); a line that is not one is refused by its number."""
-    pairs = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    pairs.append(comparison(line, f"{path}:{number}"))
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text; convert it with iconv -t utf-8") from None
-    if not pairs:
-        raise UserError(f'{path} has no pairs; write one {{"prompt": ..., "chosen": ..., "rejected": ...}} per line')
-    return pairs
-
-
 def comparison(line: str, where: str) -> Pair:
     """A line's (prompt, chosen, rejected), each checked as a prompt -> answer example is."""
     try:
@@ -109,8 +90,7 @@ def comparison(line: str, where: str) -> Pair:
     except json.JSONDecodeError:
         item = None
     if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("prompt", "chosen", "rejected")):
-        raise UserError(f'{where} is not a comparison; each line needs {{"prompt": ..., "chosen": ..., "rejected": '
-                        '...}} with texts')
+        raise UserError(f"{where} is not a comparison; each line needs {PAIR_SHAPE} with texts")
     prompt, chosen = answer_pair(json.dumps({"prompt": item["prompt"], "answer": item["chosen"]}), where)
     _, rejected = answer_pair(json.dumps({"prompt": item["prompt"], "answer": item["rejected"]}), where)
     if chosen == rejected:
@@ -123,40 +103,11 @@ def prepare_pairs(text_path: str | Path, out_dir: str | Path, tokenizer: str = "
                   val_fraction: float = 0.1, val_path: str | Path | None = None) -> dict:
     """Tokenize the pairs of a JSONL file into examples (chosen, rejected, chosen, ...: prompt, completion, end
     token) with their prompt lengths; the validation split is ``val_path``, or the last ``val_fraction``."""
-    files = [Path(text_path), *([Path(val_path)] if val_path else [])]
-    for path in files:
-        if not path.is_file():
-            what = "is a directory" if path.is_dir() else "not found"
-            raise UserError(f"data file {what}: {path}; set data.text_path to a JSONL file of comparison pairs")
-    if not val_path:
-        check_val_fraction(val_fraction)
-    options = {"tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": val_fraction, "example": "pair"}
-    return prepare(Path(out_dir), files, options, lambda out: build_pairs(*pair_splits(files, val_fraction), out,
-                                                                         tokenizer, vocab_size))
+    return prepare_jsonl(text_path, out_dir, tokenizer, vocab_size, val_fraction, val_path, "comparison pairs",
+                         {"example": "pair"},
+                         lambda path: read_jsonl(path, comparison, PAIR_SHAPE),
+                         lambda pairs: [(prompt, completion) for prompt, chosen, rejected in pairs
+                                        for completion in (chosen, rejected)])
 
 
-def pair_splits(files: list[Path], val_fraction: float) -> tuple[list[Pair], list[Pair]]:
-    train = read_pairs(files[0])
-    if len(files) > 1:
-        return train, read_pairs(files[1])
-    n_train = int(len(train) * (1 - val_fraction))
-    if not 0 < n_train < len(train):
-        raise UserError(f"{files[0]} has only {len(train)} pair(s), too few for a train and a val split")
-    return train[:n_train], train[n_train:]
-
-
-def build_pairs(train: list[Pair], val: list[Pair], out_dir: Path, kind: str, vocab_size: int | None
-                ) -> tuple[Tokenizer, dict]:
-    log.info("preparing %d train and %d val comparison pairs in %s", len(train), len(val), out_dir)
-    texts = [(prompt, completion) for prompt, chosen, rejected in train + val for completion in (chosen, rejected)]
-    tok = fit(kind, lambda: (prompt + completion + "\n" for prompt, completion in texts[:2 * len(train)]),
-              lambda: (prompt + completion for prompt, completion in texts), vocab_size)
-    if tok.eot_id is None:
-        raise UserError(f"the {tok.kind} tokenizer has no end token, which completions need")
-    prompts = [tok.encode(prompt) for prompt, _ in texts]
-    completions = [tok.encode(completion) + [tok.eot_id] for _, completion in texts]
-    data = PreparedData(out_dir)
-    offsets = data.write_examples((p + c for p, c in zip(prompts, completions)), token_dtype(tok.vocab_size))
-    data.write_array(data.prompt_lengths_path, np.array([len(prompt) for prompt in prompts]))
-    return tok, {"examples": len(texts), "train_examples": 2 * len(train), "skipped_empty": 0,
-                 "tokens": int(offsets[-1])}
+PAIR_SHAPE = '{"prompt": ..., "chosen": ..., "rejected": ...}'
