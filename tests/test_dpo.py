@@ -19,7 +19,7 @@ from test_safety import one_error_line
 
 def train(run_dir, *overrides: str):
     """A short run of the tiny model on examples of JSONL files (no windows to validate on)."""
-    return run_script("train.py", *TINY_GPT, "trainer.max_steps=60", "trainer.val_every_n_steps=30",
+    return run_script("train.py", *TINY_GPT, "trainer.max_steps=40", "trainer.val_every_n_steps=20",
                       "scheduler.warmup_steps=5", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
                       f"paths.data_dir={run_dir.parent / 'data'}", *overrides)
 
@@ -50,7 +50,8 @@ def test_dpo_from_an_sft_checkpoint_learns_to_prefer_the_chosen_answers(tmp_path
     sft_data = tmp_path / "sft.jsonl"
     sft_data.write_text("".join(json.dumps({"prompt": p["prompt"], "answer": p["chosen"]}) + "\n"
                                 for p in addition_pairs(600, seed=0)))
-    sft = train(tmp_path / "sft", "data=jsonl", f"data.text_path={sft_data}", "data.batch_size=32")
+    sft = train(tmp_path / "sft", "data=jsonl", f"data.text_path={sft_data}", "data.batch_size=32",
+                "trainer.max_steps=20")
     assert sft.returncode == 0, sft.stderr[-2000:]
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(p) + "\n" for p in addition_pairs(600, seed=1)))
