@@ -11,6 +11,7 @@ import torch
 
 from gpt import UserError
 from gpt.data.pairs import prepare_pairs
+from gpt.data.problems import problems
 from gpt.training.objectives import dpo_loss
 
 from conftest import TINY_GPT, run_script
@@ -87,3 +88,33 @@ def test_dpo_without_the_checkpoint_it_starts_from_is_one_line(tmp_path):
     result = train(tmp_path / "run", "lm=dpo", f"data.text_path={pairs}")
     assert result.returncode == 2 and "lm=dpo needs init_from=" in one_error_line(result)
     assert not (tmp_path / "run").exists()
+
+
+def test_make_pairs_samples_training_problems_only_and_its_pairs_train_dpo(tmp_path):
+    arithmetic = ["data=arithmetic", "data.digits=1", "data.train_examples=80", "data.test_examples=20",
+                  f"paths.data_dir={tmp_path / 'data'}"]
+    sft = train(tmp_path / "sft", *arithmetic, "data.batch_size=16")
+    assert sft.returncode == 0, sft.stderr[-2000:]
+    out = tmp_path / "pairs.jsonl"
+    made = run_script("make_pairs.py", f"ckpt_path={tmp_path / 'sft' / 'checkpoints' / 'best.ckpt'}", *arithmetic,
+                      f"out_path={out}")
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert made.stdout.startswith("80 problems x 8 samples: ") and f"pairs; wrote {out}" in made.stdout
+    train_problems, test_problems = problems("+", 1, "reversed", 80, 20, seed=1337)
+    answers = {p["prompt"]: p["answer"] for p in train_problems}
+    pairs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert pairs and all(p["prompt"] in answers and p["chosen"] == answers[p["prompt"]] != p["rejected"]
+                         for p in pairs)
+    assert not {p["prompt"] for p in pairs} & {p["prompt"] for p in test_problems}
+    assert prepare_pairs(out, tmp_path / "prepared")["examples"] == 2 * len(pairs)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["samples=1"], "samples must be an integer of at least 2, got 1"),
+    (["data=text", "data.text_path=data/tinyshakespeare.txt"], "make_pairs.py needs data with answers to check"),
+])
+def test_make_pairs_mistakes_are_one_line(tiny_run, tmp_path, args, message):
+    result = run_script("make_pairs.py", f"ckpt_path={tiny_run / 'checkpoints' / 'best.ckpt'}",
+                        f"out_path={tmp_path / 'pairs.jsonl'}", f"paths.data_dir={tiny_run.parent / 'data'}", *args)
+    assert result.returncode == 2 and message in one_error_line(result)
+    assert not (tmp_path / "pairs.jsonl").exists()

@@ -151,6 +151,7 @@ def test_a_bpe_larger_than_its_text_says_which_size_works_and_leaves_nothing(tmp
     ("prepare.py", ["data: arithmetic, examples, jsonl"]),
     ("export.py", ["out_dir: ???", "overwrite"]),
     ("eval.py", ["tasks: null", "text_file"]),
+    ("make_pairs.py", ["ckpt_path: ???", "samples: 8", "data: arithmetic, examples, jsonl"]),
 ])
 def test_each_entry_points_help_lists_what_it_takes(script, has):
     result = run_script(script, "--help")

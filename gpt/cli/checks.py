@@ -113,6 +113,13 @@ PREPARE = DATA
 
 EXPORT = {"ckpt_path": TEXT, "out_dir": TEXT, "overwrite": BOOLEAN}
 
+MAKE_PAIRS = {
+    **DATA, "ckpt_path": TEXT, "out_path": TEXT, "temperature": POSITIVE, "problems": optional(POSITIVE_INT),
+    "batch_size": POSITIVE_INT, "seed": INTEGER,
+    "samples": Rule("an integer of at least 2", lambda value: is_int(value) and value >= 2,
+                    "a pair needs a right and a wrong answer to the same problem: 8 is usual"),
+}
+
 TEXTS = Rule("a text or a list of texts", lambda value: isinstance(value, str) or (
     isinstance(value, list) and value and all(isinstance(v, str) for v in value)))
 EVALUATE = {"ckpt_path": TEXTS, "text_file": optional(TEXT), "choices_file": optional(TEXT),

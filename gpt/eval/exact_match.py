@@ -29,13 +29,19 @@ def score_answers(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size
         rows = model.generate(chunk_prompts, GenerationSettings.for_tokenizer(tokenizer, max_new_tokens=longest + 1,
                                                                               temperature=0))
         for (_, reference), prompt, row in zip(chunk, chunk_prompts, rows):
-            generated = row[len(prompt):]
-            ended = bool(generated) and generated[-1] == tokenizer.eot_id
-            text = tokenizer.decode(generated[:-1] if ended else generated)
-            exact += ended and text == reference
+            answer = generated_answer(row, len(prompt), tokenizer)
+            text = answer if answer is not None else tokenizer.decode(row[len(prompt):])
+            exact += answer == reference
             right_characters += sum(a == b for a, b in zip(text, reference))
             characters += len(reference)
     return exact / len(pairs), right_characters / characters
+
+
+def generated_answer(row: list[int], prompt_length: int, tokenizer) -> str | None:
+    """The answer of a generated row (its tokens after the prompt) when it ended with the end token, else None:
+    an answer that does not end is never right."""
+    generated = row[prompt_length:]
+    return tokenizer.decode(generated[:-1]) if generated and generated[-1] == tokenizer.eot_id else None
 
 
 class ExactMatch(L.Callback):
