@@ -12,7 +12,8 @@ import torch
 from gpt import UserError
 from gpt.data.pairs import prepare_pairs
 from gpt.data.problems import problems
-from gpt.training.objectives import dpo_loss
+from gpt.models.transformer import GPTConfig
+from gpt.training.objectives import DPO, dpo_loss
 
 from conftest import TINY_GPT, run_script
 from test_safety import one_error_line
@@ -36,8 +37,9 @@ def test_dpo_and_ipo_losses_are_their_papers_formulas():
     assert chosen.tolist() == pytest.approx([0.25, -0.5]) and rejected.tolist() == pytest.approx([-0.5, 0.25])
     loss, _, _ = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.5, loss="ipo")
     assert float(loss) == pytest.approx(((1.5 - 1) ** 2 + (-1.5 - 1) ** 2) / 2)  # (h - 1 / (2 beta))^2
-    with pytest.raises(UserError, match="choose one of sigmoid, ipo"):
-        dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta=0.5, loss="kto")
+    with pytest.raises(UserError, match="lm.loss=kto is not a preference loss; choose one of sigmoid, ipo"):
+        DPO(GPTConfig(vocab_size=8, block_size=8, n_layer=1, n_head=1, n_embd=8), optimizer=torch.optim.AdamW,
+            loss="kto")
 
 
 def addition_pairs(count: int, seed: int) -> list[dict]:

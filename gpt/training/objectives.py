@@ -227,7 +227,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, referen
     elif loss == "ipo":
         losses = (h - 1 / (2 * beta)) ** 2
     else:
-        raise UserError(f"lm.loss={loss} is not a preference loss; choose one of {', '.join(PREFERENCE_LOSSES)}")
+        raise ValueError(f"unknown preference loss {loss!r}")  # lm.loss is checked when the objective is built
     return losses.mean(), beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
 
 
