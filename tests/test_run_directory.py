@@ -19,8 +19,10 @@ from test_safety import LONG_RUN, one_error_line, start_training, step_of, wait_
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``path`` holds something: Hydra creates a file, then writes it, and a test that read it in between
+    would compare with an empty record."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not (path.exists() and path.stat().st_size):
         assert process.poll() is None, process.communicate()[1][-2000:]
         assert time.monotonic() < deadline, f"{path} did not appear in time"
         time.sleep(0.01)
