@@ -61,19 +61,15 @@ def evaluate(cfg: DictConfig) -> list[dict]:
     with stops_deferred():  # the imports of torch and Lightning finish before a stop (gpt.signals)
         import torch
 
-        from gpt.eval import tasks as _  # Lightning, with the tasks
-        from gpt.training.checkpoint import model_from_checkpoint
+        from gpt.eval.tasks import causal_model_from_checkpoint  # Lightning, with the tasks
 
     tasks, asked = chosen_tasks(cfg)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     paths = list(cfg.ckpt_path) if isinstance(cfg.ckpt_path, ListConfig) else [cfg.ckpt_path]
     rows = []
     for path in paths:
-        model, tokenizer, _ = model_from_checkpoint(path)
-        if not getattr(model.config, "causal", True):
-            raise UserError(f"{path} is a masked LM: these tasks score a causal LM's next-token predictions and its "
-                            "generated answers; give a causal checkpoint (sample.py fills a masked LM's [MASK]s)")
-        model.to(device).eval()
+        model, tokenizer = causal_model_from_checkpoint(path, "these tasks")
+        model.to(device)
         fitting = {name: task for name, task in tasks.items() if asked or task.fits(tokenizer)}
         if not fitting:
             raise UserError(f"none of the shipped tasks ({', '.join(tasks)}) can be written with the {tokenizer.kind} "

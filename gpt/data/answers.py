@@ -117,24 +117,31 @@ def read_jsonl(path: Path, parse: Callable[[str, str], T], shape: str) -> list[T
     return items
 
 
+ANSWER_SHAPE = '{"prompt": ..., "answer": ...}'
+
+
 def answer_pair(line: str, where: str) -> tuple[str, str]:
     try:
         item = json.loads(line)
     except json.JSONDecodeError:
         item = None
     if not isinstance(item, dict):
-        raise UserError(f"{where} is not a JSON object; write one {{\"prompt\": ..., \"answer\": ...}} per line")
+        raise UserError(f"{where} is not a JSON object; write one {ANSWER_SHAPE} per line")
     for key in ("prompt", "answer"):
         if not isinstance(item.get(key), str):
-            raise UserError(f"{where} has no text under {key!r}; each line needs {{\"prompt\": ..., \"answer\": ...}}")
-    if not item["prompt"] or not item["answer"]:
-        empty = "prompt" if not item["prompt"] else "answer"
+            raise UserError(f"{where} has no text under {key!r}; each line needs {ANSWER_SHAPE}")
+    return checked_texts(item, ("prompt", "answer"), where)
+
+
+def checked_texts(item: dict, keys: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """The texts of a JSONL line's ``keys``, refused by ``where`` when one is empty or holds a special token."""
+    if empty := next((key for key in keys if not item[key]), None):
         raise UserError(f"{where} has an empty {empty}; every example needs a prompt to answer and an answer to learn")
-    for key in ("prompt", "answer"):
+    for key in keys:
         if token := next((t for t in DEFAULT_SPECIAL_TOKENS if t in item[key]), None):
             raise UserError(f"{where} has {token} in its {key}, which the tokenizers read as a special token, not as "
                             f"text ({ENDOFTEXT} ends every answer); remove it")
-    return item["prompt"], item["answer"]
+    return tuple(item[key] for key in keys)
 
 
 def prepare_answers(text_path: str | Path, out_dir: str | Path, tokenizer: str = "char", vocab_size: int | None = None,
@@ -144,9 +151,6 @@ def prepare_answers(text_path: str | Path, out_dir: str | Path, tokenizer: str =
     ``val_path``, or else the last ``val_fraction`` of the examples."""
     return prepare_jsonl(text_path, out_dir, tokenizer, vocab_size, val_fraction, val_path, "prompts and answers",
                          {"answers": True}, lambda path: read_jsonl(path, answer_pair, ANSWER_SHAPE), list)
-
-
-ANSWER_SHAPE = '{"prompt": ..., "answer": ...}'
 
 
 def prepare_jsonl(text_path: str | Path, out_dir: str | Path, tokenizer: str, vocab_size: int | None,

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from gpt import UserError
-from gpt.data.answers import AnswerCollate, AnswersDataModule, answer_pair, prepare_jsonl, read_jsonl
+from gpt.data.answers import AnswerCollate, AnswersDataModule, checked_texts, prepare_jsonl, read_jsonl
 from gpt.data.examples import Examples, LengthGroupedSampler
 from gpt.data.store import PreparedData, prepared_name
 
@@ -84,15 +84,14 @@ class PairsDataModule(AnswersDataModule):
 
 
 def comparison(line: str, where: str) -> Pair:
-    """A line's (prompt, chosen, rejected), each checked as a prompt -> answer example is."""
+    """A line's (prompt, chosen, rejected), each text checked as a prompt -> answer example's are."""
     try:
         item = json.loads(line)
     except json.JSONDecodeError:
         item = None
     if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("prompt", "chosen", "rejected")):
         raise UserError(f"{where} is not a comparison; each line needs {PAIR_SHAPE} with texts")
-    prompt, chosen = answer_pair(json.dumps({"prompt": item["prompt"], "answer": item["chosen"]}), where)
-    _, rejected = answer_pair(json.dumps({"prompt": item["prompt"], "answer": item["rejected"]}), where)
+    prompt, chosen, rejected = checked_texts(item, ("prompt", "chosen", "rejected"), where)
     if chosen == rejected:
         raise UserError(f"{where}: its chosen and rejected completions are the same, which teaches nothing; remove "
                         "the line or give two different completions")

@@ -45,7 +45,7 @@ except ImportError:
 import torch  # after lm_eval: a missing extra is one line
 
 from gpt.data.tokenizers import TextStream, Tokenizer
-from gpt.eval.tasks import continuation_logprobs
+from gpt.eval.tasks import causal_model_from_checkpoint, continuation_logprobs
 from gpt.models.generate import GenerationSettings
 
 
@@ -62,9 +62,6 @@ class HarnessModel(TemplateLM):
             raise UserError("the gpt model needs one of --model_args ckpt_path=<our .ckpt> or "
                             "gpt2_weights=<a directory of Hugging Face GPT-2 weights>")
         model, self.tokenizer = load_model(ckpt_path, gpt2_weights)
-        if not getattr(model.config, "causal", True):
-            raise UserError(f"{ckpt_path} is a masked LM: lm-eval scores a causal LM's next-token predictions; give "
-                            "a causal checkpoint")
         # lm-eval's command line passes cuda when no --device is given: as its hf backend, fall back to the CPU
         cuda = torch.cuda.is_available()
         self._device = torch.device(device if device and (cuda or not device.startswith("cuda")) else
@@ -161,10 +158,7 @@ class HarnessModel(TemplateLM):
 def load_model(ckpt_path: str | None, gpt2_weights: str | None):
     """(model, tokenizer) from one of our checkpoints, or from Hugging Face GPT-2 weights with GPT-2's tokenizer."""
     if ckpt_path:
-        from gpt.training.checkpoint import model_from_checkpoint
-
-        model, tokenizer, _ = model_from_checkpoint(ckpt_path)
-        return model, tokenizer
+        return causal_model_from_checkpoint(ckpt_path, "lm-eval's tasks")
     from gpt.data.tokenizers import fit_tokenizer
     from gpt.models.configs import GPTConfig
     from gpt.models.hf import gpt2_from_hf, read_hf_state_dict

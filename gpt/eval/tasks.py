@@ -13,6 +13,7 @@ A task reads its file when it is scored; ``fits(tokenizer)`` says whether a chec
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -28,10 +29,21 @@ from gpt.data.text import read_chunks, text_files
 from gpt.data.tokenizers import Tokenizer, text_bytes_per_token
 from gpt.eval import TASK_METRICS, TASKS_DIR, declare_task_metrics
 from gpt.eval.exact_match import score_answers
-from gpt.models.interface import bits_and_bytes, cross_entropy
+from gpt.models.interface import TokenModel, bits_and_bytes, cross_entropy
+from gpt.training.checkpoint import model_from_checkpoint
 
 ROLLING_STRIDE = 0.5  # a rolling window moves by half the context: every token but the first ones sees half of it
 REPO = TASKS_DIR.parents[1]
+
+
+def causal_model_from_checkpoint(path: str | Path, scorer: str) -> tuple[TokenModel, Tokenizer]:
+    """(model in eval mode, tokenizer) of a checkpoint, refused when it is a masked LM: ``scorer`` (what scores it)
+    needs a causal LM's next-token predictions."""
+    model, tokenizer, _ = model_from_checkpoint(path)
+    if not getattr(model.config, "causal", True):
+        raise UserError(f"{path} is a masked LM: {scorer} score a causal LM's next-token predictions; give a causal "
+                        "checkpoint (sample.py fills a masked LM's [MASK]s)")
+    return model, tokenizer
 
 
 def load_task(name: str) -> "Task":
@@ -64,6 +76,18 @@ class Task:
         except UserError:
             return False
         return True
+
+    def json_lines(self) -> Iterator[tuple[str, object]]:
+        """(where, its value) for each non-blank line of the task's JSONL file; a line that is not JSON is refused."""
+        for number, line in enumerate(self.text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{self.path} line {number}"
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"task {self.name}: {where} is not JSON ({e.msg})") from None
+            yield where, value
 
     def score(self, model, tokenizer: Tokenizer, batch_size: int) -> dict[str, float]:
         raise NotImplementedError
@@ -137,14 +161,7 @@ class MultipleChoice(Task):
     @cached_property
     def items(self) -> list[dict]:
         items = []
-        for number, line in enumerate(self.text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{self.path} line {number}"
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"task {self.name}: {where} is not JSON ({e.msg})") from None
+        for where, item in self.json_lines():
             item = item if isinstance(item, dict) else {}
             choices, label = item.get("choices"), item.get("label")
             if not isinstance(item.get("context"), str) or not item["context"] or not isinstance(choices, list) \
@@ -224,17 +241,10 @@ class Answers(Task):
     @cached_property
     def pairs(self) -> list[tuple[str, str]]:
         pairs = []
-        for number, line in enumerate(self.text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"task {self.name}: {self.path} line {number} is not JSON ({e.msg})") from None
+        for where, item in self.json_lines():
             if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k]
                                                      for k in ("prompt", "answer")):
-                raise UserError(f'task {self.name}: {self.path} line {number} needs "prompt" and "answer", '
-                                "non-empty texts")
+                raise UserError(f'task {self.name}: {where} needs "prompt" and "answer", non-empty texts')
             pairs.append((item["prompt"], item["answer"]))
         return pairs
 
