@@ -2,7 +2,8 @@
 
 Generation stops at the tokenizer's end token (a model trained on prompt -> answer examples ends its answer with
 it; ``answer_only=true`` prints the answer alone). ``quantize=int8`` runs the model with int8 weights. A
-masked-LM checkpoint fills the ``[MASK]`` tokens of the prompt instead: ``'prompt="To be, or not to [MASK]e"'``.
+masked-LM checkpoint fills the ``[MASK]`` tokens of the prompt instead: ``'prompt="To be, or not to [MASK]e"'``; a
+reward model (``lm=reward``) scores a completion of each prompt: ``prompt=12+34= completion=46``.
 """
 
 import re
@@ -26,13 +27,19 @@ def sample(cfg: DictConfig) -> None:
 
     from gpt.models.generate import GenerationSettings
     from gpt.training.checkpoint import model_from_checkpoint
+    from gpt.training.reward_model import trained_as_reward_model
 
     prompts = list(cfg.prompt) if isinstance(cfg.prompt, ListConfig) else [cfg.prompt]
     if not all(prompts) or not all(isinstance(p, str) for p in prompts):
         raise UserError('prompt is empty; pass a starting text such as prompt="ROMEO:"')
+    if cfg.completion is not None:
+        return print_scores(cfg.ckpt_path, prompts, cfg.completion)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
-    model, tokenizer, _ = model_from_checkpoint(cfg.ckpt_path)
+    model, tokenizer, record = model_from_checkpoint(cfg.ckpt_path)
+    if trained_as_reward_model(record):
+        raise UserError(f"{cfg.ckpt_path} is a reward model, which scores completions and writes none; give the "
+                        "completion to score: completion=...")
     model.to(device)
     if cfg.quantize:
         from gpt.models.quantize import quantize_int8
@@ -53,6 +60,15 @@ def sample(cfg: DictConfig) -> None:
     for i, (prompt, row) in enumerate(zip(ids, model.generate(ids, settings))):
         text = tokenizer.decode(row[len(prompt) if cfg.answer_only else 0:ended(row, tokenizer.eot_id)])
         print(text if cfg.answer_only else f"--- sample {i + 1}\n{text}")  # answers: one a line, to read back
+
+
+def print_scores(ckpt_path: str, prompts: list[str], completion: str) -> None:
+    """The reward model's score of ``completion`` after each prompt, a line each."""
+    from gpt.training.reward_model import reward_model_from_checkpoint
+
+    scorer, tokenizer = reward_model_from_checkpoint(ckpt_path)
+    for prompt, score in zip(prompts, scorer.score(tokenizer, prompts, [completion] * len(prompts))):
+        print(f"{score:.4f}\t{prompt}{completion}")
 
 
 def print_as_generated(steps, tokenizer, before: str) -> None:
@@ -101,16 +117,17 @@ def describe_filled(model, tokenizer, prompt: str, candidates: int) -> str:
 
 def quote_prompt(args: list[str]) -> list[str]:
     """Hydra reads ``key=value`` with a grammar of its own, in which a value with spaces, commas or letters
-    beyond ASCII (``prompt=Roméo``) must be quoted. Quote a plain ``prompt=`` value, so that any text works;
-    a quoted value or a list of prompts (``prompt=[ROMEO:,JULIET:]``) is left as it is."""
+    beyond ASCII (``prompt=Roméo``) must be quoted, and digits alone are a number. Quote a plain ``prompt=`` or
+    ``completion=`` value, so that any text works; a quoted value or a list of prompts (``prompt=[ROMEO:,JULIET:]``)
+    is left as it is."""
     quoted = []
     for arg in args:
         key, _, value = arg.partition("=")
         is_list = value.startswith("[") and value.endswith("]") and "," in value
-        if key == "prompt" and value and value[0] not in "'\"" and not is_list:
+        if key in ("prompt", "completion") and value and value[0] not in "'\"" and not is_list:
             # in Hydra's quoted values, backslashes escape only a quote or the backslashes before one
             escaped = re.sub(r"(\\*)('|$)", lambda m: 2 * m.group(1) + ("\\'" if m.group(2) else ""), value)
-            arg = f"prompt='{escaped}'"
+            arg = f"{key}='{escaped}'"
         quoted.append(arg)
     return quoted
 

@@ -64,6 +64,20 @@ REWARD_ACC = declare(Metric("val/reward_acc", "reward_acc", "max", "reward accur
 MARGIN = declare(Metric("val/margin", "margin", "max", "reward margin", ".3f"))
 CHOSEN_LOGP = declare(Metric("val/chosen_logp", "chosen_logp", "max", "chosen log-prob", ".2f"))
 REJECTED_LOGP = declare(Metric("val/rejected_logp", "rejected_logp", "min", "rejected log-prob", ".2f"))
+# reward models (lm=reward): the share of held-out pairs whose chosen completion scores higher
+PAIR_ACC = declare(Metric("val/pair_acc", "pair_acc", "max", "pair accuracy", ".3f", progress_bar=True))
+# reinforcement learning (lm=grpo), of each step's sampled completions: the mean reward, the share of exactly right
+# answers (pass@1) and of prompts with at least one among their group (pass@G), the share of groups whose rewards
+# are all equal (no signal to learn from), the KL to the reference, the share of the step spent sampling and its speed
+REWARD = declare(Metric("train/reward", "reward", "max", "reward", ".3f", progress_bar=True))
+PASS_AT_1 = declare(Metric("train/pass@1", "pass_at_1", "max", "pass@1", ".3f"))
+PASS_AT_G = declare(Metric("train/pass@G", "pass_at_g", "max", "pass@G", ".3f"))
+NO_SIGNAL = declare(Metric("train/no_signal", "no_signal", "min", "groups without signal", ".3f"))
+POLICY_KL = declare(Metric("train/kl", "kl", "min", "KL to the reference", ".4f"))
+GENERATION_SHARE = declare(Metric("train/generation_share", "generation_share", "min", "share of step time sampling",
+                                  ".2f"))
+SAMPLED_TOKENS_PER_S = declare(Metric("train/sampled_tok_per_s", "sampled_tok_per_s", "max", "sampled tokens/s",
+                                      ".0f"))
 
 
 def metric_named(name: str, declared: dict | None = None) -> Metric | None:

@@ -49,18 +49,25 @@ def addition_pairs(count: int, seed: int) -> list[dict]:
             for a, b in torch.randint(0, 100, (count, 2), generator=rng).tolist()]
 
 
-def test_dpo_from_an_sft_checkpoint_learns_to_prefer_the_chosen_answers(tmp_path):
-    sft_data = tmp_path / "sft.jsonl"
+@pytest.fixture(scope="module")
+def sft_and_pairs(tmp_path_factory) -> tuple:
+    """An SFT checkpoint of 2-digit additions (data=jsonl) and comparison pairs of other additions."""
+    root = tmp_path_factory.mktemp("preferences")
+    sft_data = root / "sft.jsonl"
     sft_data.write_text("".join(json.dumps({"prompt": p["prompt"], "answer": p["chosen"]}) + "\n"
                                 for p in addition_pairs(600, seed=0)))
-    sft = train(tmp_path / "sft", "data=jsonl", f"data.text_path={sft_data}", "data.batch_size=32",
-                "trainer.max_steps=20")
+    sft = train(root / "sft", "data=jsonl", f"data.text_path={sft_data}", "data.batch_size=32", "trainer.max_steps=20")
     assert sft.returncode == 0, sft.stderr[-2000:]
-    pairs = tmp_path / "pairs.jsonl"
+    pairs = root / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(p) + "\n" for p in addition_pairs(600, seed=1)))
+    return root / "sft" / "checkpoints" / "best.ckpt", sft_data, pairs
+
+
+def test_dpo_from_an_sft_checkpoint_learns_to_prefer_the_chosen_answers(sft_and_pairs, tmp_path):
+    checkpoint, _, pairs = sft_and_pairs
     run = tmp_path / "dpo"
     dpo = train(run, "lm=dpo", f"data.text_path={pairs}", "data.batch_size=16", "optim.lr=1e-3",
-                     f"init_from={tmp_path / 'sft' / 'checkpoints' / 'best.ckpt'}")
+                f"init_from={checkpoint}")
     assert dpo.returncode == 0, dpo.stderr[-2000:]
     with open(run / "metrics.csv") as f:
         rows = [row for row in csv.DictReader(f)]
@@ -70,6 +77,34 @@ def test_dpo_from_an_sft_checkpoint_learns_to_prefer_the_chosen_answers(tmp_path
     assert float(validations[-1]["val/loss"]) < math.log(2) and float(validations[-1]["val/margin"]) > 0
     assert float(validations[-1]["val/reward_acc"]) > 0.9
     assert (run / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_a_reward_model_learns_the_pairs_scores_completions_and_rewards_rl(sft_and_pairs, tmp_path):
+    checkpoint, sft_data, pairs = sft_and_pairs
+    run = tmp_path / "reward"
+    result = train(run, "lm=reward", f"data.text_path={pairs}", "data.batch_size=16", "optim.lr=1e-3",
+                   f"init_from={checkpoint}", "callbacks.checkpoints.monitor=val/pair_acc")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(run / "metrics.csv") as f:
+        validations = [row for row in csv.DictReader(f) if row.get("val/pair_acc")]
+    assert float(validations[-1]["val/pair_acc"]) > 0.9 and float(validations[-1]["val/loss"]) < math.log(2)
+    assert not any(row.get("val/exact_match") for row in validations)  # a reward model writes no answers
+    reward_model = run / "checkpoints" / "best.ckpt"
+    scores = []
+    for completion in ("46", "46+1"):
+        scored = run_script("sample.py", f"ckpt_path={reward_model}", 'prompt=["12+34=","50+7="]',
+                            f"completion={completion}")
+        assert scored.returncode == 0, scored.stderr[-2000:]
+        lines = [line.split("\t") for line in scored.stdout.splitlines()]
+        assert [text for _, text in lines] == [f"12+34={completion}", f"50+7={completion}"]
+        scores.append([float(score) for score, _ in lines])
+    assert all(right > babbling for right, babbling in zip(*scores))  # as the pairs taught it
+    refused = run_script("sample.py", f"ckpt_path={reward_model}", "prompt=12+34=")
+    assert refused.returncode == 2 and "is a reward model, which scores completions" in one_error_line(refused)
+    rl = train(tmp_path / "rl", "lm=grpo", "data=jsonl", f"data.text_path={sft_data}", f"init_from={checkpoint}",
+               "lm.group_size=2", "data.batch_size=8", "trainer.max_steps=2", "trainer.log_every_n_steps=1",
+               "lm.reward._target_=gpt.training.reward_model.RewardModelScore", f"+lm.reward.ckpt_path={reward_model}")
+    assert rl.returncode == 0, rl.stderr[-2000:]
 
 
 def test_pairs_whose_completions_are_the_same_are_refused_by_line(tmp_path):

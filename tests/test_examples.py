@@ -13,7 +13,6 @@ from gpt.data.store import PreparedData
 from gpt.data.tokenizers import tokenizer_from_dict
 from gpt.models.configs import GPTConfig
 from gpt.training.objectives import CausalLM, MaskedLM
-from gpt.training.run import check_data_fits
 
 from conftest import SHAKESPEARE
 
@@ -222,9 +221,9 @@ def test_objective_and_batches_must_match(tmp_path):
         return ExamplesDataModule(text_path=str(SHAKESPEARE), cache_dir=str(tmp_path), **{"block_size": 64, "batch_size": 8, **options})
 
     with pytest.raises(UserError, match="makes masked-LM batches, but the LM is causal"):
-        check_data_fits(lm(CausalLM), data(mlm_probability=0.15))
+        lm(CausalLM).check_data(data(mlm_probability=0.15))
     with pytest.raises(UserError, match="lm=masked needs masked batches"):
-        check_data_fits(lm(MaskedLM, causal=False), data())
+        lm(MaskedLM, causal=False).check_data(data())
     with pytest.raises(UserError, match="lm=causal needs a model with causal attention"):
         lm(CausalLM, causal=False)
-    check_data_fits(lm(MaskedLM, causal=False), data(mlm_probability=0.15))
+    lm(MaskedLM, causal=False).check_data(data(mlm_probability=0.15))

@@ -107,6 +107,7 @@ SAMPLE = {
                            "generate a longer text in several calls, each from the end of the last"), "num_samples": POSITIVE_INT, "temperature": NON_NEGATIVE,
     "top_k": optional(POSITIVE_INT), "top_p": optional(UP_TO_ONE), "candidates": POSITIVE_INT, "seed": INTEGER,
     "use_cache": BOOLEAN, "device": optional(TEXT), "answer_only": BOOLEAN, "quantize": optional(one_of("int8")),
+    "completion": optional(TEXT),
 }
 
 PREPARE = DATA

@@ -170,9 +170,10 @@ def check_train(cfg: DictConfig, overrides: list[str]) -> None:
     devices)."""
     check_resume_source(cfg.get("ckpt_path"), overrides)
     check_paths(cfg)
-    if str(cfg.lm.get("_target_", "")).endswith(".DPO") and not cfg.get("init_from"):
-        raise UserError("lm=dpo needs init_from=<an SFT run>/checkpoints/best.ckpt: its weights start the policy and "
-                        "are the frozen reference")
+    objective = str(cfg.lm.get("_target_", "")).rsplit(".", 1)[-1]
+    if objective in ("DPO", "GRPO") and not cfg.get("init_from"):
+        raise UserError(f"lm={objective.lower()} needs init_from=<an SFT run>/checkpoints/best.ckpt: its weights start "
+                        "the policy and are the frozen reference")
     for task in cfg.get("callbacks", {}).get("eval_tasks", {}).get("tasks") or []:
         declare_task_metrics(task)  # a sweep may optimise one of them
     trainer = cfg.trainer

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import lightning as L
 
 from gpt.metrics import DIGIT_ACC, EXACT_MATCH
-from gpt.models.generate import GenerationSettings
+from gpt.models.generate import GenerationSettings, generated_answer
 
 GENERATION_LOGITS_BYTES = 2 ** 30
 
@@ -37,13 +37,6 @@ def score_answers(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size
     return exact / len(pairs), right_characters / characters
 
 
-def generated_answer(row: list[int], prompt_length: int, tokenizer) -> str | None:
-    """The answer of a generated row (its tokens after the prompt) when it ended with the end token, else None:
-    an answer that does not end is never right."""
-    generated = row[prompt_length:]
-    return tokenizer.decode(generated[:-1]) if generated and generated[-1] == tokenizer.eot_id else None
-
-
 class ExactMatch(L.Callback):
     """At each validation of data with checkable answers, logs ``val/exact_match`` and ``val/digit_acc`` of the
     held-out answers (``score_answers``); they can be monitored by the checkpoints and optimised by sweeps."""
@@ -55,7 +48,7 @@ class ExactMatch(L.Callback):
         self.pairs = trainer.datamodule.held_out_answers()
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if not self.pairs or trainer.sanity_checking:
+        if not self.pairs or trainer.sanity_checking or not pl_module.generates:
             return
         exact, per_character = score_answers(pl_module.model, trainer.datamodule.tokenizer, self.pairs,
                                              self.batch_size)

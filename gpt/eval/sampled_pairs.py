@@ -5,8 +5,7 @@ right and a wrong answer gives pairs of its answer (chosen) and each distinct wr
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gpt.eval.exact_match import generated_answer
-from gpt.models.generate import GenerationSettings
+from gpt.models.generate import GenerationSettings, generated_answer
 
 
 @dataclass

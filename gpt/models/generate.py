@@ -98,6 +98,13 @@ class GenerationMixin:
         return rows
 
 
+def generated_answer(row: list[int], prompt_length: int, tokenizer) -> str | None:
+    """The answer of a generated row (its tokens after the prompt) when it ended with the end token, else None:
+    an answer that does not end is never right."""
+    generated = row[prompt_length:]
+    return tokenizer.decode(generated[:-1]) if generated and generated[-1] == tokenizer.eot_id else None
+
+
 def left_pad(prompts: list[list[int]] | torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, attention mask) of shape (B, longest prompt), prompts aligned to the right."""
     if isinstance(prompts, torch.Tensor):

@@ -189,6 +189,15 @@ class GPT(TokenModel):
                positions: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
         """attention_mask: (B, keys) with True at real tokens; keys are the cached tokens then ``idx``.
         positions: (B, T) position of each token; by default counted over the real tokens."""
+        logits = self.lm_head(self.hidden_states(idx, attention_mask, positions, cache))
+        if self.config.width_mult != 1:  # μP: the readout shrinks as the model widens
+            logits = logits / self.config.width_mult
+        # the rows that pad the vocabulary to a multiple are no tokens: they never receive probability
+        return logits[..., :self.vocab_size]
+
+    def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      positions: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """The last block's normed output (B, T, n_embd), which the head reads (``logits``' arguments)."""
         B, T = idx.shape
         past = cache.length if cache is not None else 0
         if past + T > self.block_size:
@@ -208,11 +217,7 @@ class GPT(TokenModel):
                 x = block(x, positions, mask, is_causal, cache, layer)
         if cache is not None:
             cache.length += T
-        logits = self.lm_head(self.norm_f(x))
-        if self.config.width_mult != 1:  # μP: the readout shrinks as the model widens
-            logits = logits / self.config.width_mult
-        # the rows that pad the vocabulary to a multiple are no tokens: they never receive probability
-        return logits[..., :self.vocab_size]
+        return self.norm_f(x)
 
     def _attention_mask(self, attention_mask: torch.Tensor | None, B: int, T: int, past: int,
                         device: torch.device) -> tuple[torch.Tensor | None, bool]:

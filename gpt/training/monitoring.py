@@ -128,7 +128,7 @@ class TextSamples(L.Callback):
         self.settings = GenerationSettings.for_tokenizer(self.tokenizer, **self.options)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or diverged(trainer):
+        if trainer.sanity_checking or not trainer.is_global_zero or diverged(trainer) or not pl_module.generates:
             return
         step = trainer.global_step
         if self.masked_example is None:

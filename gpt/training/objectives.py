@@ -7,6 +7,7 @@ one, or the masked ones); the module says what the model must be (causal or bidi
 
 import copy
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -16,6 +17,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from gpt import IGNORE_INDEX, TrainingDiverged, UserError
 from gpt.compat import is_plain_attribute, skip_update_if
+from gpt.data.pairs import PairsDataModule
 from gpt.data.tokenizers import Tokenizer, text_bytes_per_token
 from gpt.metrics import CHOSEN_LOGP, MARGIN, REJECTED_LOGP, REWARD_ACC
 from gpt.models.configs import ModelConfig
@@ -36,6 +38,7 @@ class LanguageModel(L.LightningModule):
     every ``trainer.log_every_n_steps`` steps, as the loss is by ``gpt.training.monitoring.TrainingMetrics``."""
 
     causal = True  # the attention the objective needs
+    generates = True  # whether its model writes text: the text samples and exact match of validation need it
     wrong_attention = ("lm=causal needs a model with causal attention, model.causal=true: a bidirectional one sees "
                        "the token it predicts")
 
@@ -64,6 +67,16 @@ class LanguageModel(L.LightningModule):
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
+
+    def check_data(self, datamodule) -> None:
+        """Refuse data this objective cannot train on, before anything is written: masked batches go with the masked
+        LM only."""
+        if datamodule.masks_tokens and self.causal:
+            raise UserError("data.mlm_probability is set, which makes masked-LM batches, but the LM is causal; "
+                            "use lm=masked (experiment=mlm_char) or data.mlm_probability=null")
+        if not self.causal and not datamodule.masks_tokens:
+            raise UserError("lm=masked needs masked batches of whole examples: data=shakespeare_paragraphs or "
+                            "data=examples, with data.mlm_probability=0.15 (lm=masked sets it)")
 
     def configure_model(self) -> None:
         """torch.compile the model in place (its state dict keys unchanged); ``auto``: on CUDA only. The loss is
@@ -140,13 +153,23 @@ class LanguageModel(L.LightningModule):
         n_labels = int((batch["labels"] != IGNORE_INDEX).sum())  # batches count by their number of predictions
         self.log("val/loss", loss, batch_size=n_labels, prog_bar=True, sync_dist=True)
 
+    def on_fit_start(self) -> None:
+        self.fit_started = time.perf_counter()
+
     def on_validation_epoch_end(self) -> None:
         # the x axis of every logger: optimizer steps done, as in the log, the checkpoints and result.json
         self.log("step", float(self.global_step), sync_dist=True)
+        # and the seconds since this process began to fit, for curves against wall time
+        self.log("elapsed_s", time.perf_counter() - self.fit_started, sync_dist=True)
+
+    def param_groups(self) -> list[dict]:
+        """What the optimizer trains: the model's parameter groups (an objective with parameters of its own adds
+        them)."""
+        return self.model.param_groups()
 
     def configure_optimizers(self):
         # fused AdamW: one kernel for all parameters, and the way the guard skips a step without waiting
-        optimizer = build_optimizer(self.model, self.optimizer_factory, fused=self.device.type in ("cuda", "cpu"))
+        optimizer = build_optimizer(self, self.optimizer_factory, fused=self.device.type in ("cuda", "cpu"))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
@@ -234,11 +257,43 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, referen
 PREFERENCE_LOSSES = ("sigmoid", "ipo")
 
 
-class DPO(LanguageModel):
+class HeldToReference(LanguageModel):
+    """An objective held to a frozen reference, the model's initial weights (``init_from``, an SFT checkpoint): its
+    log-probabilities come from a copy of them, run without gradients in the same step; it has no optimizer state
+    and is never saved (a resumed run rebuilds it from ``init_from``). ``uses_reference`` false: no copy is made."""
+
+    uses_reference = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.frozen: list = []  # [the reference]: in a list, so it is neither a submodule, nor saved, nor trained
+
+    def setup(self, stage: str) -> None:
+        # after train.py loaded init_from into the model, before a resumed run's weights replace them
+        if self.uses_reference and not self.frozen:
+            self.frozen.append(copy.deepcopy(self.model).requires_grad_(False).eval())
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.frozen:
+            self.frozen[0].to(self.device)
+
+    @property
+    def reference(self) -> torch.nn.Module:
+        return self.frozen[0]
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The log-probability (B, T) of each position's label, 0 where the label is ``IGNORE_INDEX``."""
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
+                                            reduction="none")
+    return -nll.view_as(labels)
+
+
+class DPO(HeldToReference):
     """Direct preference optimisation on comparison pairs (``data=pairs``) from an SFT checkpoint (``init_from``),
-    which is also the frozen reference: its log-probabilities come from a copy of the initial weights, run without
-    gradients in the same step; it has no optimizer state and is never saved (a resumed run rebuilds it from
-    ``init_from``). ``loss``: ``sigmoid`` (DPO) or ``ipo``; ``beta``: the strength of the pull to the reference.
+    which is also the frozen reference (``HeldToReference``). ``loss``: ``sigmoid`` (DPO) or ``ipo``; ``beta``: the
+    strength of the pull to the reference.
 
     Validation logs the loss (``val/loss``), ``val/reward_acc`` (the share of pairs whose chosen completion has
     the higher reward), ``val/margin`` (the mean reward difference) and the mean log-probabilities of the chosen
@@ -253,36 +308,29 @@ class DPO(LanguageModel):
         if not beta > 0:
             raise UserError(f"lm.beta must be positive, got {beta}; DPO uses 0.1")
         self.beta, self.loss_name = beta, loss
-        self.frozen: list = []  # [the reference]: in a list, so it is neither a submodule, nor saved, nor trained
-
-    def setup(self, stage: str) -> None:
-        # after train.py loaded init_from into the model, before a resumed run's weights replace them
-        if not self.frozen:
-            self.frozen.append(copy.deepcopy(self.model).requires_grad_(False).eval())
-
-    def on_fit_start(self) -> None:
-        self.frozen[0].to(self.device)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.preference(batch)[0]
 
     def sequence_logprobs(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The summed log-probability of each row's labelled tokens (its completion and end token)."""
-        logits = model(batch["input_ids"])
-        labels = batch["labels"]
-        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                                                ignore_index=IGNORE_INDEX, reduction="none")
-        return -nll.view_as(labels).sum(dim=1)
+        return token_logprobs(model(batch["input_ids"]), batch["labels"]).sum(dim=1)
 
     def preference(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """(loss, chosen rewards, rejected rewards, policy log-probs) of a batch of pairs (chosen rows first)."""
         policy = self.sequence_logprobs(self.model, batch)
         with torch.no_grad():
-            reference = self.sequence_logprobs(self.frozen[0], batch)
+            reference = self.sequence_logprobs(self.reference, batch)
         n = policy.size(0) // 2
         loss, chosen, rejected = dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], self.beta,
                                           self.loss_name)
         return loss, chosen, rejected, policy.detach()
+
+    def check_data(self, datamodule) -> None:
+        super().check_data(datamodule)
+        if not isinstance(datamodule, PairsDataModule):
+            raise UserError("lm=dpo learns from comparison pairs: data=pairs data.text_path=<pairs>.jsonl "
+                            "(make_pairs.py writes them from a checkpoint's own answers)")
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, chosen, rejected, policy = self.preference(batch)

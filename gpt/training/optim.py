@@ -11,8 +11,9 @@ from gpt.models.interface import TokenModel
 
 def build_optimizer(model: TokenModel, make_optimizer: Callable[..., torch.optim.Optimizer],
                     fused: bool = False) -> torch.optim.Optimizer:
-    """``make_optimizer`` (AdamW with the configured lr, from ``conf/optim``) over the model's parameter groups, each
-    group's lr scaled by its ``lr_scale`` (μP). ``fused``: one kernel for the update of every parameter."""
+    """``make_optimizer`` (AdamW with the configured lr, from ``conf/optim``) over the parameter groups of ``model``
+    (or of an objective, whose ``param_groups`` add its own parameters to its model's), each group's lr scaled by
+    its ``lr_scale`` (μP). ``fused``: one kernel for the update of every parameter."""
     optimizer = make_optimizer(model.param_groups(), **({"fused": True} if fused else {}))
     for group in optimizer.param_groups:
         group["lr"] *= group.get("lr_scale", 1.0)

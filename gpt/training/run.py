@@ -95,16 +95,6 @@ def validation_interval(cfg: DictConfig) -> int:
     return -(-cfg.trainer.max_steps // 8) if every == "auto" else every
 
 
-def check_data_fits(lm: LanguageModel, datamodule: TokenDataModule) -> None:
-    """Masked batches go with the masked LM only."""
-    if datamodule.masks_tokens and lm.causal:
-        raise UserError("data.mlm_probability is set, which makes masked-LM batches, but the LM is causal; "
-                        "use lm=masked (experiment=mlm_char) or data.mlm_probability=null")
-    if not lm.causal and not datamodule.masks_tokens:
-        raise UserError("lm=masked needs masked batches of whole examples: data=shakespeare_paragraphs or "
-                        "data=examples, with data.mlm_probability=0.15 (lm=masked sets it)")
-
-
 def refuse_ddp_in_multirun(trainer: L.Trainer) -> None:
     """Lightning's ``ddp`` starts each extra rank by running the command line again, which inside ``-m`` would
     start the whole sweep again in every rank; stop before that happens."""
@@ -173,8 +163,7 @@ def language_model(cfg: DictConfig, datamodule: TokenDataModule, resume: Resume)
     # a resumed run continues its W&B run instead of starting a new one
     wandb_id = resume.record.wandb_id if resume.record and resume.record.wandb_id else secrets.token_hex(4)
     record = CheckpointRecord(model_config, tokenizer.to_dict(), OmegaConf.to_container(cfg, resolve=True), wandb_id)
-    lm = build_lm(cfg, model_config, tokenizer, record)
-    check_data_fits(lm, datamodule)
+    lm = build_lm(cfg, model_config, tokenizer, record, datamodule)
     if resume.path:
         check_resumed_state(lm, resume)
     return lm
@@ -241,9 +230,10 @@ def check_placement(cfg: DictConfig, place: Placement, lm: LanguageModel, precis
              format_bytes(per_process))
 
 
-def build_lm(cfg: DictConfig, model_config: ModelConfig, tokenizer: Tokenizer, record: CheckpointRecord | None
-             ) -> LanguageModel:
-    """The LightningModule around the configured model, from ``init_from`` weights if given."""
+def build_lm(cfg: DictConfig, model_config: ModelConfig, tokenizer: Tokenizer, record: CheckpointRecord | None,
+             datamodule: TokenDataModule | None = None) -> LanguageModel:
+    """The LightningModule around the configured model, checked against its ``datamodule`` (data it cannot train
+    on is refused before a checkpoint is read), from ``init_from`` weights if given."""
     lm = instantiate(cfg.lm, _partial_=True)(model_config=model_config, optimizer=instantiate(cfg.optim),
                                                scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
                                                record=record, tokenizer=tokenizer)
@@ -251,6 +241,8 @@ def build_lm(cfg: DictConfig, model_config: ModelConfig, tokenizer: Tokenizer, r
     log.info("model: %s with %s parameters over the %d tokens of the %s tokenizer%s", type(lm.model).__name__,
              format_count(lm.model.count_parameters()), tokenizer.vocab_size, tokenizer.kind,
              f" (embedding padded to {padded} rows)" if padded != tokenizer.vocab_size else "")
+    if datamodule is not None:
+        lm.check_data(datamodule)
     if cfg.get("init_from"):
         load_initial_weights(lm.model, cfg.init_from, tokenizer)
         log.info("initialised the weights from %s", cfg.init_from)
