@@ -58,6 +58,7 @@ class LanguageModel(L.LightningModule):
         self.max_nonfinite_skips = max_nonfinite_skips
         self.nonfinite_steps, self.nonfinite_seen = None, 0  # skipped steps: on the device, and as last read
         self.nonfinite_checked_at = 0  # the optimizer step of the last read
+        self.fit_started = time.perf_counter()  # reset when fitting starts: validation logs the seconds since
 
     def __setattr__(self, name: str, value) -> None:
         # Lightning sets a few plain attributes, such as the name of the hook it calls, several times a step, and
