@@ -47,7 +47,8 @@ def svg(curves: dict[str, list[tuple[float, float]]], start: float, dots: dict[s
     parts += [f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>',
               (f'<text x="{LEFT + plot_w / 2}" y="{HEIGHT - 12}" text-anchor="middle">seconds of training (2-core '
               'CPU)</text>'),
-              (f'<text x="14" y="{TOP + plot_h / 2}" text-anchor="middle" transform="rotate(-90 14 {TOP + plot_h / 2})">'
+              (f'<text x="14" y="{TOP + plot_h / 2}" text-anchor="middle" '
+               f'transform="rotate(-90 14 {TOP + plot_h / 2})">'
               'held-out exact match</text>')]
     for i, (name, curve_points) in enumerate(curves.items()):
         color, legend_y = COLORS[i % len(COLORS)], TOP + 16 + 20 * i

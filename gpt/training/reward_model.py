@@ -13,8 +13,15 @@ from gpt import IGNORE_INDEX, UserError
 from gpt.data.pairs import PairsDataModule
 from gpt.data.tokenizers import Tokenizer
 from gpt.metrics import PAIR_ACC
-from gpt.training.checkpoint import (CHANGED, CheckpointRecord, check_tokenizer, first_misfit, load_checkpoint, load_weights,
-                                     model_state)
+from gpt.training.checkpoint import (
+    CHANGED,
+    CheckpointRecord,
+    check_tokenizer,
+    first_misfit,
+    load_checkpoint,
+    load_weights,
+    model_state,
+)
 from gpt.training.objectives import LanguageModel
 
 HEAD = "score_head."  # the head's keys in the checkpoint's state dict, beside the trunk's "model." keys
@@ -61,7 +68,8 @@ class Scorer(nn.Module):
                             f"of {self.trunk.block_size}; shorten it")
         device = next(self.parameters()).device
         ids = torch.tensor([row + [tokenizer.pad_id or 0] * (longest - len(row)) for row in rows], device=device)
-        return scores_at(self.trunk, self.head, ids, torch.tensor([len(row) - 1 for row in rows], device=device)).tolist()
+        last = torch.tensor([len(row) - 1 for row in rows], device=device)
+        return scores_at(self.trunk, self.head, ids, last).tolist()
 
 
 class RewardModel(LanguageModel):
@@ -110,10 +118,12 @@ def reward_model_from_checkpoint(path: str) -> tuple[Scorer, Tokenizer]:
     """(scorer in eval mode, tokenizer) of a checkpoint of ``lm=reward``; its head checked before it is loaded."""
     checkpoint, record = load_checkpoint(path)
     if not trained_as_reward_model(record):
-        raise UserError(f"{path} is not a reward model (no score head); train one with lm=reward data=pairs")
+        raise UserError(f"{path} is not a reward model: it was not trained with lm=reward; train one with lm=reward "
+                        "data=pairs")
     scorer = Scorer(record.model.build())
     load_weights(scorer.trunk, model_state(checkpoint["state_dict"]), f"ckpt_path={path}")
-    head = {key.removeprefix(HEAD): value for key, value in checkpoint["state_dict"].items() if key.startswith(HEAD)}
+    head = {key.removeprefix(HEAD): value for key, value in checkpoint["state_dict"].items()
+            if isinstance(key, str) and key.startswith(HEAD)}
     if misfit := first_misfit(scorer.head.state_dict(), head):
         raise UserError(f"{path}: its score head does not fit: {misfit}; {CHANGED}")
     scorer.head.load_state_dict(head)

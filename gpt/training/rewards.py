@@ -15,7 +15,8 @@ class ExactMatch:
     """1 for a completion equal to its reference answer (and ended), else 0: exact match, as validation measures
     it (``gpt.eval.exact_match``)."""
 
-    def __call__(self, completions: Sequence[str | None], answers: Sequence[str], prompts: Sequence[str]) -> list[float]:
+    def __call__(self, completions: Sequence[str | None], answers: Sequence[str], prompts: Sequence[str]
+                 ) -> list[float]:
         return [float(completion == answer) for completion, answer in zip(completions, answers)]
 
 
