@@ -10,7 +10,7 @@ import torch
 
 from gpt import IGNORE_INDEX, UserError
 from gpt.models.transformer import GPTConfig
-from gpt.training.grpo import GRPO, clipped_surrogate, group_advantages, rollout_rows
+from gpt.training.grpo import GRPO, checked_rollout, clipped_surrogate, group_advantages, rollout_rows
 from gpt.training.rewards import checked_rewards
 from gpt.training.run import train
 
@@ -139,3 +139,16 @@ def test_grpo_without_the_checkpoint_it_starts_from_is_one_line(tmp_path):
     result = run_script("train.py", "lm=grpo", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2 and "lm=grpo needs init_from=" in one_error_line(result)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_crafted_rollout_in_a_checkpoint_is_refused_before_it_is_used():
+    ids, labels = rollout_rows([[5, 6, 7, 1]], [2], width=8, pad_id=0)
+    good = {"ids": ids, "labels": labels, "advantages": torch.zeros(1), "old_logprobs": None, "steps": 1}
+    assert checked_rollout(good, vocab_size=8, block_size=8).steps == 1
+    for change, problem in [({"ids": ids + 100}, "token ids outside the vocabulary"),
+                            ({"advantages": torch.tensor([float("nan")])}, "not finite"),
+                            ({"advantages": torch.zeros(2)}, "wrong shapes"),
+                            ({"ids": ids.to_sparse()}, "wrong kind"),
+                            ({"labels": "not a tensor"}, "wrong kind")]:
+        with pytest.raises(UserError, match=f"the checkpoint's GRPO rollout .*{problem}"):
+            checked_rollout({**good, **change}, vocab_size=8, block_size=8)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 
 from gpt import IGNORE_INDEX, UserError
 from gpt.data.answers import AnswersDataModule
@@ -41,6 +42,11 @@ class Rollout:
     advantages: torch.Tensor
     old_logprobs: torch.Tensor | None = None
     steps: int = 0  # optimizer steps trained on it so far
+
+    def to(self, device) -> "Rollout":
+        moved = [None if t is None else t.to(device) for t in (self.ids, self.labels, self.advantages,
+                                                                 self.old_logprobs)]
+        return Rollout(*moved, steps=self.steps)
 
     def state(self) -> dict:
         return {"ids": self.ids, "labels": self.labels, "advantages": self.advantages,
@@ -127,6 +133,16 @@ class GRPO(HeldToReference):
         self.rollout: Rollout | None = None
         self.since_log, self.step_started, self.logged_at = MetricSums(), 0.0, 0
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            # each process stops sampling when its own rows have ended: sharded layers would wait for the others
+            raise UserError("lm=grpo samples on each process independently, which FSDP's sharded layers cannot do; "
+                            "use trainer=ddp")
+        if self.updates_per_rollout > 1 and self.trainer.accumulate_grad_batches > 1:
+            raise UserError(f"lm.updates_per_rollout={self.updates_per_rollout} reuses a rollout over optimizer steps, "
+                            "which gradient accumulation splits into micro-batches; use one of them")
+
     def check_data(self, datamodule) -> None:
         """Prompts with answers to check, and a reward that gives a number for one of them."""
         super().check_data(datamodule)
@@ -194,6 +210,12 @@ class GRPO(HeldToReference):
         loss = per_token[completion].sum() / completion.sum().clamp(min=1)
         return {"loss": loss, "train_loss": loss.detach()}
 
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self.logged_at = self.global_step  # a resumed run logged this step before it stopped
+        if self.rollout is not None:  # restored from a checkpoint, which is read onto the CPU
+            self.rollout = self.rollout.to(self.device)
+
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)
         self.step_started = time.perf_counter()
@@ -254,9 +276,11 @@ def checked_rollout(saved, vocab_size: int, block_size: int) -> Rollout:
     problem = "is not a dict of the rollout's tensors"
     if isinstance(saved, dict) and {"ids", "labels", "advantages", "old_logprobs", "steps"} <= saved.keys():
         ids, labels, advantages, old = (saved[key] for key in ("ids", "labels", "advantages", "old_logprobs"))
-        tensors = all(isinstance(t, torch.Tensor) for t in (ids, labels, advantages)) and \
-            (old is None or isinstance(old, torch.Tensor))
-        if not tensors or ids.dtype != torch.long or labels.dtype != torch.long or ids.dim() != 2:
+        present = [t for t in (ids, labels, advantages, old) if t is not None]
+        tensors = all(isinstance(t, torch.Tensor) and t.layout == torch.strided for t in (ids, labels, advantages)) \
+            and (old is None or isinstance(old, torch.Tensor) and old.layout == torch.strided)
+        if not tensors or ids.dtype != torch.long or labels.dtype != torch.long or ids.dim() != 2 or \
+                not all(t.is_floating_point() for t in present[2:]):
             problem = "has tensors of the wrong kind"
         elif labels.shape != ids.shape or advantages.shape != ids.shape[:1] or ids.size(1) > block_size or \
                 (old is not None and old.shape != ids.shape) or type(saved["steps"]) is not int:
@@ -264,6 +288,8 @@ def checked_rollout(saved, vocab_size: int, block_size: int) -> Rollout:
         elif ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size or
                               bool(((labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab_size))).any())):
             problem = "has token ids outside the vocabulary"
+        elif not all(bool(torch.isfinite(t).all()) for t in present[2:]):
+            problem = "has advantages or log-probabilities that are not finite"
         else:
             return Rollout(ids, labels, advantages.float(), None if old is None else old.float(), saved["steps"])
     raise UserError(f"the checkpoint's GRPO rollout {problem}; it was not written by train.py lm=grpo: resume from "

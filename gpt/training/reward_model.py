@@ -60,8 +60,8 @@ class Scorer(nn.Module):
     @torch.no_grad()
     def score(self, tokenizer: Tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """The score of each (prompt, completion), the completion ended by the end token as in training."""
-        rows = [tokenizer.encode(prompt + completion) + [tokenizer.eot_id] for prompt, completion in
-                zip(prompts, completions)]
+        rows = [tokenizer.encode(prompt) + tokenizer.encode(completion) + [tokenizer.eot_id] for prompt, completion in
+                zip(prompts, completions)]  # encoded apart, as the pairs were
         longest = max(map(len, rows))
         if longest > self.trunk.block_size:
             raise UserError(f"a prompt and completion of {longest} tokens is longer than the reward model's context "
@@ -82,6 +82,8 @@ class RewardModel(LanguageModel):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.score_head = score_head(self.model)  # the trunk is self.model: its keys stay those of every run
+        if not getattr(self.model.config, "tie_weights", True):  # an untied LM head is never used: not trained
+            self.model.lm_head.requires_grad_(False)
 
     def check_data(self, datamodule) -> None:
         super().check_data(datamodule)
