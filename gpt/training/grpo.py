@@ -14,7 +14,7 @@ the clip idle); the clip keeps the later steps near it. A checkpoint holds the r
 run continues exactly (the sampler's random numbers are restored with the others: ``LanguageModel``)."""
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
@@ -44,19 +44,17 @@ class Rollout:
     steps: int = 0  # optimizer steps trained on it so far
 
     def to(self, device) -> "Rollout":
-        moved = [None if t is None else t.to(device) for t in (self.ids, self.labels, self.advantages,
-                                                                 self.old_logprobs)]
-        return Rollout(*moved, steps=self.steps)
+        return replace(self, **{name: value.to(device) for name, value in vars(self).items()
+                                if isinstance(value, torch.Tensor)})
 
     def state(self) -> dict:
-        return {"ids": self.ids, "labels": self.labels, "advantages": self.advantages,
-                "old_logprobs": self.old_logprobs, "steps": self.steps}
+        return dict(vars(self))
 
 
 def group_advantages(rewards: torch.Tensor, kind: str) -> torch.Tensor:
     """Advantages (P * G,) of the rewards (P prompts, G completions each) within each prompt's group."""
-    others_mean = (rewards.sum(dim=1, keepdim=True) - rewards) / (rewards.size(1) - 1)
     if kind == "rloo":
+        others_mean = (rewards.sum(dim=1, keepdim=True) - rewards) / (rewards.size(1) - 1)
         return (rewards - others_mean).flatten()
     return ((rewards - rewards.mean(dim=1, keepdim=True)) / (rewards.std(dim=1, keepdim=True) + 1e-4)).flatten()
 

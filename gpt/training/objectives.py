@@ -284,6 +284,13 @@ class HeldToReference(LanguageModel):
         return self.frozen[0]
 
 
+def require_pairs(datamodule, objective: str) -> None:
+    """Refuse data other than comparison pairs for a preference ``objective``."""
+    if not isinstance(datamodule, PairsDataModule):
+        raise UserError(f"{objective} learns from comparison pairs: data=pairs data.text_path=<pairs>.jsonl "
+                        "(make_pairs.py writes them from a checkpoint's own answers)")
+
+
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The log-probability (B, T) of each position's label, 0 where the label is ``IGNORE_INDEX``."""
     nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX,
@@ -329,9 +336,7 @@ class DPO(HeldToReference):
 
     def check_data(self, datamodule) -> None:
         super().check_data(datamodule)
-        if not isinstance(datamodule, PairsDataModule):
-            raise UserError("lm=dpo learns from comparison pairs: data=pairs data.text_path=<pairs>.jsonl "
-                            "(make_pairs.py writes them from a checkpoint's own answers)")
+        require_pairs(datamodule, "lm=dpo")
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, chosen, rejected, policy = self.preference(batch)

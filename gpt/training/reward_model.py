@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from gpt import IGNORE_INDEX, UserError
-from gpt.data.pairs import PairsDataModule
 from gpt.data.tokenizers import Tokenizer
 from gpt.metrics import PAIR_ACC
 from gpt.training.checkpoint import (
@@ -22,7 +21,7 @@ from gpt.training.checkpoint import (
     load_weights,
     model_state,
 )
-from gpt.training.objectives import LanguageModel
+from gpt.training.objectives import LanguageModel, require_pairs
 
 HEAD = "score_head."  # the head's keys in the checkpoint's state dict, beside the trunk's "model." keys
 
@@ -87,9 +86,7 @@ class RewardModel(LanguageModel):
 
     def check_data(self, datamodule) -> None:
         super().check_data(datamodule)
-        if not isinstance(datamodule, PairsDataModule):
-            raise UserError("lm=reward learns from comparison pairs: data=pairs data.text_path=<pairs>.jsonl "
-                            "(make_pairs.py writes them from a checkpoint's own answers)")
+        require_pairs(datamodule, "lm=reward")
 
     def param_groups(self) -> list[dict]:
         return [*super().param_groups(), {"params": list(self.score_head.parameters()), "weight_decay": 0.0}]
