@@ -112,6 +112,14 @@ SAMPLE = {
 
 PREPARE = DATA
 
+SERVE = {
+    "ckpt_path": TEXT, "host": TEXT, "port": Rule("a port number from 0 to 65535 (0: any free port)",
+                                                   lambda value: is_int(value) and 0 <= value <= 65535),
+    "name": optional(TEXT), "api_key": optional(TEXT), "device": optional(TEXT), "max_batch_size": POSITIVE_INT,
+    "batch_wait_ms": NON_NEGATIVE, "max_tokens": POSITIVE_INT, "default_max_tokens": POSITIVE_INT,
+    "max_n": POSITIVE_INT, "max_requests": POSITIVE_INT, "max_body_bytes": POSITIVE_INT, "use_cache": BOOLEAN,
+}
+
 EXPORT = {"ckpt_path": TEXT, "out_dir": TEXT, "overwrite": BOOLEAN}
 
 MAKE_PAIRS = {

@@ -121,8 +121,9 @@ def left_pad(prompts: list[list[int]] | torch.Tensor, device) -> tuple[torch.Ten
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None = None,
-                top_p: float | None = None) -> torch.Tensor:
-    """One token id per row of ``logits`` (B, V); temperature 0 means greedy."""
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token id per row of ``logits`` (B, V); temperature 0 means greedy. ``generator``: the random numbers'
+    source (torch's global one by default)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / temperature
@@ -134,7 +135,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None = No
         before = sorted_logits.softmax(dim=-1).cumsum(dim=-1) - sorted_logits.softmax(dim=-1)
         drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before > top_p)
         logits = logits.masked_fill(drop, float("-inf"))  # keep the smallest set whose mass reaches top_p
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
 
 
 @torch.no_grad()
