@@ -8,6 +8,7 @@ GPT_API_KEY in the environment) every endpoint asks for it. SIGTERM or Ctrl-C le
 the server exits with status 0.
 """
 
+import os
 import signal
 import socket
 import sys
@@ -31,18 +32,18 @@ def serve(cfg: DictConfig) -> None:
         import torch
         import uvicorn
 
+        from gpt.models.generate import GenerationSettings
         from gpt.serve.app import Limits, build_app
         from gpt.serve.engine import Engine
         from gpt.serve.served import load_served
 
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) - 1))
         served = load_served(cfg.ckpt_path, device, cfg.name)
-    tokenizer = served.tokenizer
     engine = None
     if served.kind in ("text", "answers"):
-        end = {tokenizer.eot_id} - {None}
-        engine = Engine(served.model, tokenizer.special_ids - end, end, cfg.max_batch_size, cfg.batch_wait_ms / 1000,
-                        cfg.use_cache).start()
+        settings = GenerationSettings.for_tokenizer(served.tokenizer, use_cache=cfg.use_cache)
+        engine = Engine(served.model, settings, cfg.max_batch_size, cfg.batch_wait_ms / 1000).start()
     limits = Limits(cfg.max_tokens, cfg.default_max_tokens, cfg.max_n, cfg.max_requests, cfg.max_body_bytes,
                     cfg.api_key)
     server = uvicorn.Server(uvicorn.Config(build_app(served, limits, engine), log_level="warning"))
@@ -61,7 +62,9 @@ def serve(cfg: DictConfig) -> None:
 
 def bound_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listening = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio turns Nagle's algorithm off only on sockets that name it, and with Nagle on, a
+    # streamed token waits for the client's delayed ACK (40 ms on Linux)
+    listening = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listening.bind((host, port))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt.cli.checks import EVALUATE, EXPORT, MAKE_PAIRS, PREPARE, SAMPLE, TRAIN
+from gpt.cli.checks import EVALUATE, EXPORT, MAKE_PAIRS, PREPARE, SAMPLE, SERVE, TRAIN
 from gpt.cli.command_line import check_command_line
 
 from conftest import REPO, SHAKESPEARE, run_script
@@ -22,7 +22,7 @@ from conftest import REPO, SHAKESPEARE, run_script
 PAGES = {path.relative_to(REPO).as_posix(): path.read_text() for path in [REPO / "README.md",
                                                                           *sorted((REPO / "docs").glob("*.md"))]}
 ENTRY_POINTS = {"train.py": TRAIN, "sample.py": SAMPLE, "prepare.py": PREPARE, "export.py": EXPORT, "eval.py": EVALUATE,
-                "make_pairs.py": MAKE_PAIRS}
+                "make_pairs.py": MAKE_PAIRS, "serve.py": SERVE}
 # the texts the commands name: my.txt, a text of your own; small.txt, a text too small for some of them
 TEXTS = {"my.txt": 60_000, "small.txt": 8_000}
 

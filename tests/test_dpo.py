@@ -16,6 +16,7 @@ from gpt.models.transformer import GPTConfig
 from gpt.training.objectives import DPO, dpo_loss
 
 from conftest import TINY_GPT, run_script
+from serving import serving
 from test_safety import one_error_line
 
 
@@ -99,12 +100,25 @@ def test_a_reward_model_learns_the_pairs_scores_completions_and_rewards_rl(sft_a
         assert [text for _, text in lines] == [f"12+34={completion}", f"50+7={completion}"]
         scores.append([float(score) for score, _ in lines])
     assert all(right > babbling for right, babbling in zip(*scores))  # as the pairs taught it
+    with serving(reward_model) as server:  # the score endpoint gives sample.py's scores
+        for completion, expected in zip(("46", "46+1"), scores):
+            served = server.post("/v1/score", {"prompt": ["12+34=", "50+7="], "completion": completion}).json()
+            assert served["scores"] == pytest.approx(expected, abs=1e-4)
     refused = run_script("sample.py", f"ckpt_path={reward_model}", "prompt=12+34=")
     assert refused.returncode == 2 and "is a reward model, which scores completions" in one_error_line(refused)
     rl = train(tmp_path / "rl", "lm=grpo", "data=jsonl", f"data.text_path={sft_data}", f"init_from={checkpoint}",
                "lm.group_size=2", "data.batch_size=8", "trainer.max_steps=2", "trainer.log_every_n_steps=1",
                "lm.reward._target_=gpt.training.reward_model.RewardModelScore", f"+lm.reward.ckpt_path={reward_model}")
     assert rl.returncode == 0, rl.stderr[-2000:]
+
+
+def test_the_server_answers_the_last_user_message_of_a_chat(sft_and_pairs):
+    with serving(sft_and_pairs[0]) as server:
+        assert server.get("/v1/models").json()["data"][0]["kind"] == "answers"
+        completion = server.post("/v1/completions", {"prompt": "12+34=", "temperature": 0, "max_tokens": 6}).json()
+        messages = [{"role": "system", "content": "You add numbers."}, {"role": "user", "content": "12+34="}]
+        chat = server.post("/v1/chat/completions", {"messages": messages, "temperature": 0, "max_tokens": 6}).json()
+        assert chat["choices"][0]["message"]["content"] == completion["choices"][0]["text"]
 
 
 def test_pairs_whose_completions_are_the_same_are_refused_by_line(tmp_path):

@@ -13,7 +13,7 @@ from conftest import REPO
 # the layers of the package: the core modules, then each sub-package; a module imports from its own layer and the
 # ones below only
 CORE = {"gpt", "gpt.files", "gpt.context", "gpt.signals", "gpt.compat", "gpt.metrics"}
-PACKAGES = {"gpt.models": 1, "gpt.data": 2, "gpt.training": 3, "gpt.eval": 4, "gpt.cli": 5}
+PACKAGES = {"gpt.models": 1, "gpt.data": 2, "gpt.training": 3, "gpt.eval": 4, "gpt.serve": 4, "gpt.cli": 5}
 
 
 def module_name(path: Path) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_script
+from serving import serving
 
 TINY_MODEL = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=64"]
 SHORT_PADDED_RUN = ["data.batch_size=16", "trainer.max_steps=40", "trainer.val_every_n_steps=20",
@@ -53,7 +54,7 @@ def test_training_shows_a_validation_example_with_its_masks_filled(mlm_run):
     assert re.fullmatch(r"(?:\\.|.)".join(map(re.escape, masked.split("[MASK]"))), text, re.DOTALL)
 
 
-def test_sample_fills_masks(mlm_run):
+def test_sample_and_the_server_fill_masks(mlm_run):
     prompt = "To be, or not to [MASK][MASK]: that is the question."
     result = run_script("sample.py", f"ckpt_path={mlm_run / 'checkpoints' / 'best.ckpt'}", f'prompt="{prompt}"',
                         "candidates=3")
@@ -65,6 +66,16 @@ def test_sample_fills_masks(mlm_run):
     candidates = [(ast.literal_eval(token), float(p)) for token, p in re.findall(r"('.*?'|\".*?\") (\d\.\d+)", first)]
     assert len(candidates) == 3 and filled[len("To be, or not to ")] == candidates[0][0]  # the top candidate
     assert [p for _, p in candidates] == sorted((p for _, p in candidates), reverse=True)
+    with serving(mlm_run / "checkpoints" / "best.ckpt") as server:
+        assert server.get("/v1/models").json()["data"][0]["kind"] == "masked"
+        served = server.post("/v1/fill_mask", {"prompt": prompt, "top_k": 3}).json()
+        assert served["text"] == filled and len(served["masks"]) == 2
+        assert [option["token"] for option in served["masks"][0]] == [token for token, _ in candidates]
+        refused = server.post("/v1/completions", {"prompt": "ROMEO:"})
+        assert refused.status_code == 400 and refused.json()["error"]["message"].endswith(
+            "is a masked LM: it fills in the [MASK] tokens of a text; use /v1/fill_mask")
+        no_mask = server.post("/v1/fill_mask", {"prompt": "ROMEO:"})
+        assert no_mask.status_code == 400 and "the prompt has no [MASK]" in no_mask.json()["error"]["message"]
 
 
 def test_sample_needs_a_mask_in_the_prompt(mlm_run):

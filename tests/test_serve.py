@@ -36,6 +36,7 @@ def greedy_text(tiny_run, prompt: str, tokens: int) -> str:
 
 def test_batched_rows_get_what_they_would_get_alone():
     from gpt.models.configs import GPTConfig
+    from gpt.models.generate import GenerationSettings
     from gpt.serve.engine import Engine, Request
 
     torch.manual_seed(0)
@@ -45,14 +46,14 @@ def test_batched_rows_get_what_they_would_get_alone():
     for pos in ("learned", "rope"):
         model = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32, pos=pos).build().eval()
 
-        def generate(indices, temperature, max_batch_size, stagger):
-            engine = Engine(model, set(), {0}, max_batch_size=max_batch_size).start()
+        def generate(indices, temperature, max_batch_size, stagger, model=model):
+            engine = Engine(model, GenerationSettings(stop_ids=frozenset({0})), max_batch_size=max_batch_size).start()
             out, ended = {i: [] for i in indices}, []
             for i in indices:
                 prompt, tokens = requests[i]
-                engine.submit([Request(prompt, tokens, on_token=out[i].append, on_end=lambda *end: ended.append(end),
-                                       temperature=temperature, top_p=0.9,
-                                       generator=torch.Generator().manual_seed(i))])
+                settings = GenerationSettings(max_new_tokens=tokens, temperature=temperature, top_p=0.9)
+                engine.submit([Request(prompt, settings, on_token=out[i].append, generator=torch.Generator().manual_seed(i),
+                                       on_end=lambda *end: ended.append(end))])
                 time.sleep(stagger * rng.random())
             while len(ended) < len(indices):
                 time.sleep(0.002)
@@ -124,7 +125,7 @@ def test_requests_sent_together_are_batched_and_each_gets_its_own_text(server, t
 
 def test_a_client_that_disconnects_mid_stream_frees_its_place(server):
     before = server.get("/health").json()
-    body = {"prompt": PROMPT, "max_tokens": 4000, "stream": True}
+    body = {"prompt": PROMPT, "max_tokens": 4000, "temperature": 0, "stream": True}
     with httpx.stream("POST", server.url + "/v1/completions", json=body, headers=server.headers, timeout=60) as r:
         events = sse_events(r)
         next(events), next(events)  # two chunks, then the client leaves
@@ -174,9 +175,10 @@ def test_every_endpoint_asks_for_the_api_key(server):
     assert httpx.get(server.url + f"/health?key={KEY}").status_code == 401  # only the page takes it so
 
 
-def drive_page(url: str, prompt: str, max_tokens: int, screenshot) -> tuple[str, list[str], str]:
-    """Open the page in Chromium, generate greedily from ``prompt``: (the output's final text, each text it showed
-    on the way, the page's heading and description)."""
+def drive_page(url: str, prompt: str, max_tokens: int, screenshot, temperature: float = 0
+               ) -> tuple[str, list[str], str]:
+    """Open the page in Chromium and generate from ``prompt`` (greedily by default): (the output's final text, each
+    text it showed on the way, the page's heading and description)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -185,7 +187,7 @@ def drive_page(url: str, prompt: str, max_tokens: int, screenshot) -> tuple[str,
         page.goto(url)
         page.wait_for_function("document.getElementById('about').textContent !== ''")
         page.fill("#prompt", prompt)
-        page.fill("#temperature", "0")
+        page.fill("#temperature", str(temperature))
         page.fill("#max-tokens", str(max_tokens))
         page.evaluate("""() => {  // every text the output shows, as the browser renders it
             const output = document.getElementById('output');
@@ -215,13 +217,18 @@ def test_the_page_streams_a_greedy_completion_in_chromium(server, tiny_run, tmp_
 
 def test_sigterm_lets_the_running_stream_finish_then_exits_0(tiny_run):
     with serving(tiny_run / "checkpoints" / "best.ckpt") as running:
-        body = {"prompt": PROMPT, "max_tokens": 1000, "stream": True, "stream_options": {"include_usage": True}}
+        body = {"prompt": PROMPT, "max_tokens": 1000, "temperature": 0, "stream": True,
+                "stream_options": {"include_usage": True}}
         with httpx.stream("POST", running.url + "/v1/completions", json=body, timeout=60) as response:
             events = sse_events(response)
-            next(events)
+            first = next(events)
             running.process.send_signal(signal.SIGTERM)
             rest = list(events)
-        assert rest[-1] == "[DONE]" and rest[-2]["usage"]["completion_tokens"] == 1000
+        *chunks, usage, done = rest
+        assert done == "[DONE]" and chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+        text = "".join(chunk["choices"][0]["text"] for chunk in [first, *chunks])
+        ended = chunks[-1]["choices"][0]["finish_reason"] == "stop"  # with the end token, which has no text
+        assert len(chunks) > 10 and usage["usage"]["completion_tokens"] == len(text) + ended  # all of it
         assert running.process.wait(timeout=60) == 0
         assert "stopped by SIGTERM once its requests had ended" in running.process.communicate()[1]
 
@@ -236,8 +243,7 @@ def test_startup_failures_are_one_line_and_status_2(tmp_path):
         in_use = run_script("serve.py", f"ckpt_path={not_a_checkpoint}", f"port={port}")
     unloadable = run_script("serve.py", f"ckpt_path={not_a_checkpoint}", f"port={free_port()}")
     missing = run_script("serve.py")
-    for result, message in ((in_use, f"cannot listen on 127.0.0.1:{port}: Address already in use; choose another "
-                                     "port="),
+    for result, message in ((in_use, f"cannot listen on 127.0.0.1:{port}: Address already in use; choose another"),
                             (unloadable, f"{not_a_checkpoint}"),
                             (missing, "ckpt_path is required")):
         assert result.returncode == 2, result.stderr

@@ -118,6 +118,7 @@ SERVE = {
     "name": optional(TEXT), "api_key": optional(TEXT), "device": optional(TEXT), "max_batch_size": POSITIVE_INT,
     "batch_wait_ms": NON_NEGATIVE, "max_tokens": POSITIVE_INT, "default_max_tokens": POSITIVE_INT,
     "max_n": POSITIVE_INT, "max_requests": POSITIVE_INT, "max_body_bytes": POSITIVE_INT, "use_cache": BOOLEAN,
+    "threads": optional(POSITIVE_INT),
 }
 
 EXPORT = {"ckpt_path": TEXT, "out_dir": TEXT, "overwrite": BOOLEAN}

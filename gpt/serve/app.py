@@ -12,7 +12,7 @@ import asyncio
 import hmac
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -87,12 +87,13 @@ class Server:
         if len(prompts) * body.n > limits.max_n:
             raise ApiError(400, f"{len(prompts)} prompt(s) x n={body.n} asks for more than this server's "
                                 f"{limits.max_n} completions per request", param="n")
+        settings = replace(self.engine.settings, max_new_tokens=max_tokens, temperature=body.temperature,
+                           top_k=body.top_k, top_p=body.top_p)
         rows = []
         for prompt in prompts:
             for _ in range(body.n):
                 generator = None if body.seed is None else torch.Generator().manual_seed(body.seed + len(rows))
-                rows.append(Row(prompt, max_tokens, on_token=None, on_end=None, temperature=body.temperature,
-                                top_k=body.top_k, top_p=body.top_p, generator=generator))
+                rows.append(Row(prompt, settings, on_token=None, on_end=None, generator=generator))
         return rows
 
     def take_place(self) -> None:
@@ -137,18 +138,26 @@ class Completion:
             row.cancelled = True
 
     async def pieces(self) -> AsyncIterator[tuple[int, str, str | None]]:
-        """(row, new text, finish reason or None) as the rows grow, until every row has ended."""
+        """(row, new text, finish reason or None) as the rows grow, until every row has ended. Tokens that arrived
+        together (the event loop was busy) make one piece: fewer, larger chunks for a server under load."""
         while None in self.reasons:
-            i, token, reason, error = await self.events.get()
-            if self.reasons[i] is not None:
-                continue  # a row cut at a stop text: its later tokens were generated before it left
-            if error is not None:
-                raise ApiError(500, f"generation failed: {error}", kind="server_error")
-            if token is not None and token != self.eot_id:
-                self.texts[i] += self.streams[i].push(token)
-            elif token is None:
-                self.texts[i] += self.streams[i].flush()
-            yield i, *self.advance(i, reason)
+            arrived = [await self.events.get()]
+            while not self.events.empty():
+                arrived.append(self.events.get_nowait())
+            grown = {}
+            for i, token, reason, error in arrived:
+                if self.reasons[i] is not None:
+                    continue  # a row cut at a stop text: its later tokens were generated before it left
+                if error is not None:
+                    raise ApiError(500, f"generation failed: {error}", kind="server_error")
+                if token is not None and token != self.eot_id:
+                    self.texts[i] += self.streams[i].push(token)
+                elif token is None:
+                    self.texts[i] += self.streams[i].flush()
+                piece, reason = self.advance(i, reason)
+                grown[i] = (grown.get(i, ("", None))[0] + piece, reason)
+            for i, (piece, reason) in grown.items():
+                yield i, piece, reason
 
     def advance(self, i: int, reason: str | None) -> tuple[str, str | None]:
         """The new text of row ``i`` that can be sent, and its finish reason once it has ended: a stop text ends it

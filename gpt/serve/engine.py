@@ -20,23 +20,22 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from gpt.models.generate import left_pad, sample_next
+from gpt.models.generate import GenerationSettings, left_pad, sample_next
 from gpt.models.interface import TokenModel
 
 
 @dataclass(eq=False)
 class Request:
-    """One sequence to generate, and where its tokens go. ``on_token(token)`` and ``on_end(reason, error)`` are
-    called on the engine's thread; ``reason`` is ``stop`` (an end token), ``length`` (``max_new_tokens``) or
-    ``error``. Setting ``cancelled`` (a client that left, a stop text) makes its row leave at the next step."""
+    """One sequence to generate, and where its tokens go. Of its ``settings``, the row's own are
+    ``max_new_tokens``, ``temperature``, ``top_k`` and ``top_p``; the stop and suppressed tokens and the cache are
+    the engine's, for every row. ``on_token(token)`` and ``on_end(reason, error)`` are called on the engine's
+    thread; ``reason`` is ``stop`` (an end token), ``length`` (``max_new_tokens``) or ``error``. Setting
+    ``cancelled`` (a client that left, a stop text) makes its row leave at the next step."""
 
     prompt: list[int]
-    max_new_tokens: int
+    settings: GenerationSettings
     on_token: Callable[[int], None]
     on_end: Callable[[str, str | None], None]
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
     generator: torch.Generator | None = None  # a seeded request samples from its own generator
     cancelled: bool = False
     generated: int = 0
@@ -88,14 +87,14 @@ class Batch:
         if len(self.suppress_ids):
             logits = logits.index_fill(-1, self.suppress_ids, float("-inf"))
         greedy = logits.argmax(dim=-1)
-        rows = [greedy[i:i + 1] if r.temperature == 0 else
-                sample_next(logits[i:i + 1], r.temperature, r.top_k, r.top_p, r.generator)[0]
-                for i, r in enumerate(self.requests)]
+        rows = [greedy[i:i + 1] if s.temperature == 0 else
+                sample_next(logits[i:i + 1], s.temperature, s.top_k, s.top_p, r.generator)[0]
+                for i, (r, s) in enumerate((r, r.settings) for r in self.requests)]
         return torch.cat(rows)
 
     def room(self) -> int:
         """Cache slots the rows may still need."""
-        return max(r.max_new_tokens - r.generated for r in self.requests)
+        return max(r.settings.max_new_tokens - r.generated for r in self.requests)
 
     def reserve(self, tokens: int) -> None:
         """A cache with room for ``tokens`` more slots, grown (copied) when full."""
@@ -150,13 +149,15 @@ class Batch:
 class Engine:
     """Generates the requests given to ``submit`` on a thread of its own, as one continuous batch of at most
     ``max_batch_size`` rows (the others wait their turn, first come first served). When the batch is empty, the
-    first request waits ``batch_wait_s`` for others, so that requests sent together start together."""
+    first request waits ``batch_wait_s`` for others, so that requests sent together start together. ``settings``:
+    the stop and suppressed tokens and the cache of every row (``GenerationSettings.for_tokenizer``), and each
+    request's sampling by default."""
 
-    def __init__(self, model: TokenModel, suppress_ids: set[int], stop_ids: set[int], max_batch_size: int = 16,
-                 batch_wait_s: float = 0.005, use_cache: bool = True):
-        self.model, self.max_batch_size, self.batch_wait_s, self.use_cache = model, max_batch_size, batch_wait_s, use_cache
-        self.suppress_ids = torch.tensor(sorted(suppress_ids), dtype=torch.long, device=next(model.parameters()).device)
-        self.stop_ids = stop_ids
+    def __init__(self, model: TokenModel, settings: GenerationSettings, max_batch_size: int = 16,
+                 batch_wait_s: float = 0.005):
+        self.model, self.settings, self.max_batch_size, self.batch_wait_s = model, settings, max_batch_size, batch_wait_s
+        self.suppress_ids = torch.tensor(sorted(settings.suppress_ids), dtype=torch.long,
+                                         device=next(model.parameters()).device)
         self.waiting: deque[Request] = deque()
         self.batch: Batch | None = None
         self.wake = threading.Condition()
@@ -208,12 +209,12 @@ class Engine:
             group = [self.waiting.popleft() for _ in range(count)]
         group = [r for r in group if not r.cancelled]
         for request in group:
-            if request.max_new_tokens == 0:
+            if request.settings.max_new_tokens == 0:
                 request.end("length")
-        group = [r for r in group if r.max_new_tokens > 0]
+        group = [r for r in group if r.settings.max_new_tokens > 0]
         if not group:
             return
-        joining = Batch(self.model, group, self.suppress_ids, self.use_cache)
+        joining = Batch(self.model, group, self.suppress_ids, self.settings.use_cache)
         try:
             self.advance(joining)
         except Exception as error:  # noqa: BLE001 (this group fails, the batch goes on)
@@ -235,9 +236,9 @@ class Engine:
                 continue
             request.generated += 1
             request.on_token(token)
-            if token in self.stop_ids:
+            if token in self.settings.stop_ids:
                 request.end("stop")
-            elif request.generated >= request.max_new_tokens:
+            elif request.generated >= request.settings.max_new_tokens:
                 request.end("length")
             else:
                 staying.append(row)
