@@ -215,13 +215,15 @@ def test_the_page_streams_a_greedy_completion_in_chromium(server, tiny_run, tmp_
     assert os.path.getsize(screenshot) > 10_000
 
 
-def test_sigterm_lets_the_running_stream_finish_then_exits_0(tiny_run):
-    with serving(tiny_run / "checkpoints" / "best.ckpt") as running:
+def test_a_request_past_max_requests_gets_429_and_sigterm_lets_the_running_stream_finish(tiny_run):
+    with serving(tiny_run / "checkpoints" / "best.ckpt", "max_requests=1") as running:
         body = {"prompt": PROMPT, "max_tokens": 1000, "temperature": 0, "stream": True,
                 "stream_options": {"include_usage": True}}
         with httpx.stream("POST", running.url + "/v1/completions", json=body, timeout=60) as response:
             events = sse_events(response)
             first = next(events)
+            busy = running.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 1})  # beyond max_requests=1
+            assert busy.status_code == 429 and busy.json()["error"]["type"] == "rate_limit_error"
             running.process.send_signal(signal.SIGTERM)
             rest = list(events)
         *chunks, usage, done = rest
