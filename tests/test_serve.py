@@ -145,9 +145,14 @@ def test_a_client_that_disconnects_mid_stream_frees_its_place(server):
     ({"prompt": "x" * 3000}, 400, "the request body is larger than this server's limit of 2000 bytes"),
     ({"prompt": PROMPT, "n": 9}, 400, "n=9 asks for more than this server's 8 completions per request"),
     ({"prompt": ""}, 400, "prompt is empty"),
+    ({"prompt": []}, 400, "prompt: an empty list; give a text, or a list of texts"),
     ({"messages": []}, 400, "prompt: Field required"),
+    (b'{"prompt": "ROMEO:", "temperature": Infinity}', 400, "temperature: Input should be less than or equal to 2"),
+    ({"prompt": PROMPT, "logprobs": 2}, 400, "logprobs is not supported by this server; leave it out"),
+    ({"prompt": PROMPT, "seed": 1 << 70}, 400, "seed: Input should be less than 9223372036854775808"),
 ], ids=["malformed JSON", "unknown model", "outside the vocabulary", "max_tokens", "negative temperature",
-        "body too large", "n", "empty prompt", "completions without a prompt"])
+        "body too large", "n", "empty prompt", "no prompts", "completions without a prompt", "temperature past 2",
+        "logprobs", "seed too large"])
 def test_bad_requests_get_an_openai_error_and_the_server_keeps_serving(server, body, status, message):
     options = {"content": body} if isinstance(body, bytes) else {"json": body}
     response = httpx.post(server.url + "/v1/completions", headers=server.headers, timeout=60, **options)

@@ -70,7 +70,8 @@ DEVICES = Rule("a positive number of devices, -1 or auto (all), or a list of dev
                or (isinstance(value, (list, tuple)) and bool(value) and all(is_int(i) and i >= 0 for i in value)))
 
 DATA = {
-    "data.text_path": TEXT, "data.tokenizer": one_of(*KINDS), "data.vocab_size": optional(POSITIVE_INT),
+    "data.text_path": optional(TEXT), "data.dataset": optional(TEXT), "data.text_field": TEXT,
+    "data.min_chars": NON_NEGATIVE_INT, "data.max_non_alpha": optional(UP_TO_ONE), "data.shard_tokens": POSITIVE_INT, "data.tokenizer": one_of(*KINDS), "data.vocab_size": optional(POSITIVE_INT),
     "data.val_fraction": FRACTION, "data.example": one_of(*EXAMPLES), "data.num_proc": optional(POSITIVE_INT),
 }
 
@@ -149,7 +150,8 @@ RENAMED = {
 
 # the keys that name files the command reads, and what to give there
 PATHS = {
-    "data.text_path": "a UTF-8 text file or a directory of *.txt files (a JSONL file for data=jsonl)",
+    "data.text_path": "a UTF-8 text file or a directory of *.txt files (a JSONL file for data=jsonl; parquet, JSONL "
+                      "or a saved dataset for data=corpus)",
     "data.val_path": "a JSONL file of validation examples, or null",
     "init_from": "one of our .ckpt files or a directory of Hugging Face GPT-2 weights",
 }

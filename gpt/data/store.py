@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpt import UserError
+from gpt import RunStopped, UserError
 from gpt.data.text import CHUNK_CHARS
 from gpt.data.tokenizers import Tokenizer, check_tokenizer_options, fit_tokenizer, tokenizer_from_dict
 from gpt.files import atomic_write_text, atomic_writer, exclusive, first_missing, remove_temporary_files
@@ -84,9 +84,31 @@ class TokenFile:
         return {**self.__dict__, "_tokens": None, "_pid": None}
 
 
+class TokenShards:
+    """Token files read as one stream, in order (their boundaries are document boundaries): what ``TokenFile``
+    gives, over shards, so that windows are drawn across them by their sizes."""
+
+    def __init__(self, files: list[TokenFile]):
+        self.files = files
+        self.starts = np.cumsum([0] + [len(f) for f in files])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def windows(self, starts: np.ndarray, length: int) -> torch.Tensor:
+        positions = starts[:, None] + np.arange(length)
+        shard = np.searchsorted(self.starts, positions, side="right") - 1
+        tokens = np.empty(positions.shape, dtype=np.int64)
+        for i in np.unique(shard):
+            where = shard == i
+            tokens[where] = self.files[i].tokens[positions[where] - self.starts[i]]
+        return torch.from_numpy(tokens)
+
+
 # --------------------------------------------------------------------------- a prepared directory, read
 
-COUNTS = ("vocab_size", "train_tokens", "val_tokens", "examples", "train_examples", "skipped_empty", "tokens")
+COUNTS = ("vocab_size", "train_tokens", "val_tokens", "examples", "train_examples", "skipped_empty", "tokens",
+          "documents", "kept_documents", "characters")
 
 
 class PreparedData:
@@ -103,6 +125,10 @@ class PreparedData:
     def split_path(self, name: str) -> Path:
         """``train.bin`` or ``val.bin``: the tokens of a split of windows."""
         return self.dir / f"{name}.bin"
+
+    def shard_path(self, name: str, index: int) -> Path:
+        """``train-00000.bin``, ...: a shard of a split of a large corpus (``gpt.data.corpus``)."""
+        return self.dir / f"{name}-{index:05d}.bin"
 
     @cached_property
     def meta(self) -> dict:
@@ -127,9 +153,16 @@ class PreparedData:
             counts = f"{meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens"
         return f"{self.dir}: vocabulary {meta['vocab_size']}, {counts} ({meta['dtype']})"
 
-    def split(self, name: str) -> TokenFile:
-        """The tokens of the ``train`` or ``val`` split (windows)."""
-        return self.token_file(self.split_path(name), self.split_tokens(name))
+    def split(self, name: str) -> "TokenFile | TokenShards":
+        """The tokens of the ``train`` or ``val`` split (windows): one file, or the shards of a large corpus."""
+        shards = self.meta.get(f"{name}_shards")
+        if shards is None:
+            return self.token_file(self.split_path(name), self.split_tokens(name))
+        if (not isinstance(shards, list) or not all(type(n) is int and n > 0 for n in shards)
+                or sum(shards) != self.split_tokens(name)):
+            raise UserError(f"{self.meta_path}: its {name}_shards do not fit its token count; delete {self.dir} to "
+                            "prepare it again")
+        return TokenShards([self.token_file(self.shard_path(name, i), n) for i, n in enumerate(shards)])
 
     def split_tokens(self, name: str) -> int:
         return self.meta[f"{name}_tokens"]
@@ -199,12 +232,14 @@ def read_json(path: Path, directory: Path):
 # --------------------------------------------------------------------------- preparing a directory once
 
 
-def prepare(out_dir: Path, files: list[Path], options: dict, build: Callable[[Path], tuple[Tokenizer, dict]]) -> dict:
+def prepare(out_dir: Path, files: list[Path], options: dict, build: Callable[[Path], tuple[Tokenizer, dict]],
+            resumable: bool = False) -> dict:
     """The meta of ``out_dir`` prepared from ``files`` with ``options``: read when it is up to date, else made by
     ``build(out_dir)``, which writes the token files and returns (tokenizer, the rest of the meta). Options that
     cannot make a tokenizer are refused before anything is written. The lock and the temporary files of a process
     killed while preparing are inside ``out_dir``; the next process to prepare it removes the files. A directory
-    that this call made is removed again when the preparation fails or is stopped, and a full disk is one line."""
+    that this call made is removed again when the preparation fails or is stopped (a ``resumable`` build's is kept
+    when it is stopped, for the next call to resume), and a full disk is one line."""
     check_tokenizer_options(options["tokenizer"], options["vocab_size"])
     if meta := current_meta(out_dir, files, options):
         return meta
@@ -217,7 +252,7 @@ def prepare(out_dir: Path, files: list[Path], options: dict, build: Callable[[Pa
             remove_temporary_files(out_dir)
             return build_unchanged(out_dir, files, options, build)
     except BaseException as e:
-        if made:
+        if made and not (resumable and isinstance(e, (RunStopped, KeyboardInterrupt))):
             shutil.rmtree(made, ignore_errors=True)
         if isinstance(e, OSError):
             raise UserError(f"could not prepare the data in {out_dir}: {describe_os_error(e)}") from None

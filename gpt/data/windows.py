@@ -94,6 +94,8 @@ class WindowsDataModule(TokenDataModule):
     - and the options of every format (``gpt.data.module.TokenDataModule``)."""
 
     def __init__(self, *, text_path: str, val_fraction: float = 0.1, val_windows: int | None = 2000, **options):
+        if text_path is None:
+            raise UserError("data.text_path is required: give data.text_path=<a text file or directory>")
         super().__init__(**options)
         self.text_path, self.val_fraction, self.val_windows = Path(text_path), val_fraction, val_windows
 

@@ -38,6 +38,7 @@ from gpt.serve.openai_api import (
 from gpt.serve.served import KINDS, Served
 
 PAGE = Path(__file__).with_name("page.html")
+GREEDY_BELOW = 1e-3  # a temperature below it is greedy: logits divided by less would overflow
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,15 @@ class Server:
         if len(prompts) * body.n > limits.max_n:
             raise ApiError(400, f"{len(prompts)} prompt(s) x n={body.n} asks for more than this server's "
                                 f"{limits.max_n} completions per request", param="n")
-        settings = replace(self.engine.settings, max_new_tokens=max_tokens, temperature=body.temperature,
+        temperature = 0 if body.temperature < GREEDY_BELOW else body.temperature
+        settings = replace(self.engine.settings, max_new_tokens=max_tokens, temperature=temperature,
                            top_k=body.top_k, top_p=body.top_p)
+        device = next(self.served.model.parameters()).device
         rows = []
         for prompt in prompts:
             for _ in range(body.n):
-                generator = None if body.seed is None else torch.Generator().manual_seed(body.seed + len(rows))
+                generator = (None if body.seed is None else
+                             torch.Generator(device).manual_seed((body.seed + len(rows)) % (1 << 63)))
                 rows.append(Row(prompt, settings, on_token=None, on_end=None, generator=generator))
         return rows
 
@@ -124,6 +128,7 @@ class Completion:
         tokenizer = server.served.tokenizer
         self.eot_id, self.streams = tokenizer.eot_id, [TextStream(tokenizer) for _ in rows]
         self.texts, self.sent, self.reasons = [""] * len(rows), [0] * len(rows), [None] * len(rows)
+        self.tokens = [0] * len(rows)  # generated before each row ended (not those after a stop text)
         self.events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         for i, row in enumerate(rows):
@@ -150,6 +155,7 @@ class Completion:
                     continue  # a row cut at a stop text: its later tokens were generated before it left
                 if error is not None:
                     raise ApiError(500, f"generation failed: {error}", kind="server_error")
+                self.tokens[i] += token is not None
                 if token is not None and token != self.eot_id:
                     self.texts[i] += self.streams[i].push(token)
                 elif token is None:
@@ -174,7 +180,7 @@ class Completion:
 
     def counts(self, prompts: list[list[int]]) -> tuple[int, int]:
         """(prompt tokens, completion tokens): each prompt once, each row's generated tokens."""
-        return sum(map(len, prompts)), sum(row.generated for row in self.rows)
+        return sum(map(len, prompts)), sum(self.tokens)
 
 
 def build_app(served: Served, limits: Limits, engine: Engine | None) -> FastAPI:

@@ -6,7 +6,8 @@ Rows are aligned to the right (left padding with an attention mask), as in ``gpt
 group is first run alone over its prompts (its prefill, which gives its first tokens), then its rows, their KV cache
 included, are padded on the left to the batch's width and stacked under it. A key or value depends only on its
 token and position, and positions are counted over each row's own tokens, so a row's logits are those it would get
-alone: greedy generation gives the same text alone or in any batch. Past ``block_size`` columns (padding included)
+alone (exactly so on a CPU in float32, where it is tested; elsewhere up to the rounding of other kernels): greedy
+generation gives the same text alone or in any batch. Past ``block_size`` columns (padding included)
 the batch computes each step afresh from its last ``block_size`` columns, as ``GenerationMixin.stream`` does past
 the context; it keeps a cache again once leaving rows have shortened it.
 """
@@ -44,7 +45,10 @@ class Request:
     def end(self, reason: str, error: str | None = None) -> None:
         if not self.ended and not self.cancelled:
             self.ended = True
-            self.on_end(reason, error)
+            try:
+                self.on_end(reason, error)
+            except RuntimeError:  # its event loop has closed (a forced shutdown): nobody waits for it
+                pass
 
 
 class Batch:
@@ -183,7 +187,8 @@ class Engine:
 
     @property
     def rows(self) -> int:
-        return len(self.batch.requests) if self.batch else 0
+        batch = self.batch  # read once: the engine's thread may drop it meanwhile
+        return len(batch.requests) if batch else 0
 
     def run(self) -> None:
         while True:
@@ -214,8 +219,8 @@ class Engine:
         group = [r for r in group if r.settings.max_new_tokens > 0]
         if not group:
             return
-        joining = Batch(self.model, group, self.suppress_ids, self.settings.use_cache)
         try:
+            joining = Batch(self.model, group, self.suppress_ids, self.settings.use_cache)
             self.advance(joining)
         except Exception as error:  # noqa: BLE001 (this group fails, the batch goes on)
             fail(group, error)
@@ -224,8 +229,12 @@ class Engine:
             return
         if self.batch is None or not self.batch.requests:
             self.batch = joining
-        else:
+            return
+        try:
             self.batch.join(joining)
+        except Exception as error:  # noqa: BLE001 (both fail, and the engine goes on with the next requests)
+            fail(self.batch.requests + joining.requests, error)
+            self.batch = None
 
     def advance(self, batch: Batch) -> None:
         """One step of ``batch``: each row's token goes to its request; rows that end leave."""

@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ApiError(Exception):
@@ -33,12 +33,15 @@ class Body(BaseModel):
             json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ApiError(400, "the request body is nested too deeply") from None
         try:
             return cls.model_validate_json(raw)
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "body"
-            raise ApiError(400, f"{where}: {first['msg']}", param=where) from None
+            message = first["msg"].removeprefix("Value error, ")
+            raise ApiError(400, f"{where}: {message}" if where != "body" else message, param=where) from None
 
 
 class StreamOptions(Body):
@@ -50,14 +53,31 @@ class Sampling(Body):
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=0)
-    temperature: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, ge=0, le=2)  # OpenAI's range; below 0.001 it is greedy (GREEDY_BELOW)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=1)  # not OpenAI's, but vLLM's and llama.cpp's
     n: int = Field(1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=1 << 63)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # OpenAI's options that this server does not have: refused when asked for, rather than silently ignored
+    echo: bool = False
+    logprobs: int | bool | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+    logit_bias: dict | None = None
+    presence_penalty: float = 0
+    frequency_penalty: float = 0
+
+    @model_validator(mode="after")
+    def no_unsupported_options(self):
+        asked = [name for name, unset in (("echo", False), ("logprobs", None), ("best_of", None), ("suffix", None),
+                                          ("logit_bias", None), ("presence_penalty", 0), ("frequency_penalty", 0))
+                 if getattr(self, name) not in (unset, {}) and not (name == "best_of" and self.best_of == 1)]
+        if asked:
+            raise ValueError(f"{asked[0]} is not supported by this server; leave it out")
+        return self
 
     @field_validator("stop")
     @classmethod
@@ -78,6 +98,13 @@ class Sampling(Body):
 
 class CompletionBody(Sampling):
     prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def some_prompt(cls, prompt):
+        if not prompt and isinstance(prompt, list):
+            raise ValueError("an empty list; give a text, or a list of texts")
+        return prompt
 
     @property
     def prompts(self) -> list[str]:

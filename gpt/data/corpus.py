@@ -1,0 +1,522 @@
+"""Corpora at scale (``data=corpus``): documents streamed from text files, JSONL (also ``.gz``, ``.zst``), parquet
+(by row group), a local Hugging Face dataset (``save_to_disk``) or one named on the Hub (streamed), filtered and
+deduplicated in one pass, tokenized by every core, into numbered token shards that training samples as one stream.
+
+- Each document ends with the end token. Every ``1 / val_fraction``-th kept document goes to the validation split,
+  so validation is held out by document, never cut mid-document, and spread over the corpus.
+- The main process reads, filters and deduplicates, in order, and hands batches of about a MB of documents to the
+  encoding processes (tiktoken's ``encode_ordinary_batch``: text that reads ``<|endoftext|>`` stays text); their
+  tokens come back in order, so the files are byte-identical whatever ``num_proc``.
+- Shards hold about ``shard_tokens`` tokens each (``train-00000.bin``, ...; ``val-00000.bin``, ...), their sizes in
+  ``meta.json``. A corpus of one shard keeps the single ``train.bin`` / ``val.bin`` of ``data=text``.
+- After each train shard, ``progress.json`` records how many documents are done: an interrupted preparation
+  resumes from its last finished shard (its filters and deduplication see the finished documents again).
+- ``dedup``: ``exact`` drops a document whose normalised text (lower case, whitespace collapsed) was seen;
+  ``minhash`` also drops near-duplicates: MinHash of word 5-grams, 14 bands of 8 rows as FineWeb's datatrove uses,
+  through the ``datasketch`` library (a well-kept MinHash LSH, where datatrove's pipeline would take over the whole
+  preparation), a candidate kept as a duplicate when its estimated Jaccard similarity is at least 0.7.
+"""
+
+import gzip
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import zlib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from gpt import UserError
+from gpt.data.store import (PreparedData, check_val_fraction, file_stats, fit, prepare, prepared_name,
+                            token_dtype)
+from gpt.data.tokenizers import TiktokenTokenizer, Tokenizer, tokenizer_from_dict
+from gpt.data.windows import WindowsDataModule
+from gpt.files import atomic_write_text, atomic_writer
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".txt")
+DEDUP = ("none", "exact", "minhash")
+BATCH_CHARS = 1 << 20  # the text handed to an encoding process at a time (at most a shard's tokens)
+PROGRESS = "progress.json"
+
+
+class CorpusDataModule(WindowsDataModule):
+    """Random training windows and fixed validation windows over a corpus prepared in shards (the module's
+    docstring).
+
+    - ``text_path``: a file or directory of ``*.parquet``, ``*.jsonl`` (``.gz``, ``.zst``) or ``*.txt`` files, or a
+      directory that ``datasets``' ``save_to_disk`` wrote (null with ``dataset``);
+    - ``dataset``: a dataset on the Hugging Face Hub, streamed (``dataset_config``, ``dataset_split``);
+    - ``text_field``: the column or key that holds each document's text;
+    - ``dedup``: none, exact or minhash; ``min_chars``, ``max_non_alpha``: drop documents shorter than this, or
+      with a larger share of characters that are neither letters nor spaces (off by default);
+    - ``shard_tokens``: tokens per shard; ``val_fraction``: the share of documents held out."""
+
+    def __init__(self, *, text_path: str | None = None, dataset: str | None = None, dataset_config: str | None = None,
+                 dataset_split: str = "train", text_field: str = "text", dedup: str = "none", min_chars: int = 0,
+                 max_non_alpha: float | None = None, shard_tokens: int = 100_000_000, val_fraction: float = 0.01,
+                 **options):
+        if (text_path is None) == (dataset is None):
+            raise UserError("data=corpus reads data.text_path (local files) or data.dataset (a Hub dataset): give one")
+        if dedup not in DEDUP:
+            raise UserError(f"data.dedup={dedup!r} is not an option; choose one of {', '.join(DEDUP)}")
+        super().__init__(text_path=text_path or dataset, val_fraction=val_fraction, **options)
+        self.source = Source(Path(text_path) if text_path else None, dataset, dataset_config, dataset_split,
+                             text_field)
+        self.filters = {"dedup": dedup, "min_chars": min_chars, "max_non_alpha": max_non_alpha}
+        self.shard_tokens = shard_tokens
+
+    def prepared_name(self) -> str:
+        name = prepared_name(self.text_path, self.tokenizer_kind, self.vocab_size)
+        return f"{name}-corpus-{hashlib.sha1(json.dumps(self.options()).encode()).hexdigest()[:8]}"
+
+    def describe_source(self) -> str:
+        return self.source.describe()
+
+    def options(self) -> dict:
+        return {"tokenizer": self.tokenizer_kind, "vocab_size": self.vocab_size, "val_fraction": self.val_fraction,
+                "source": self.source.options(), **self.filters, "shard_tokens": self.shard_tokens}
+
+    def prepare(self) -> dict:
+        check_val_fraction(self.val_fraction)
+        files = self.source.files()
+        return prepare(self.data_dir, files, self.options(), lambda out: build_corpus(self, out), resumable=True)
+
+
+# --------------------------------------------------------------------------- reading documents
+
+
+@dataclass
+class Source:
+    """Where the documents come from, and how to read them one by one."""
+
+    path: Path | None
+    dataset: str | None = None
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    text_field: str = "text"
+
+    def options(self) -> dict:
+        return {"path": str(self.path.resolve()) if self.path else None, "dataset": self.dataset,
+                "config": self.dataset_config, "split": self.dataset_split, "text_field": self.text_field}
+
+    def describe(self) -> str:
+        return f"{self.dataset} (the Hub, streamed)" if self.dataset else str(self.path)
+
+    @property
+    def is_saved_dataset(self) -> bool:
+        return self.path is not None and self.path.is_dir() and any(
+            (self.path / name).is_file() for name in ("dataset_dict.json", "dataset_info.json", "state.json"))
+
+    def files(self) -> list[Path]:
+        """The files read, in order (a saved dataset: all of its files, which decide whether it changed)."""
+        if self.dataset:
+            return []
+        if not self.path.exists():
+            raise UserError(f"data.text_path={self.path} does not exist; give a file or directory of "
+                            f"{', '.join(SUFFIXES)} files, or a directory written by datasets' save_to_disk")
+        if self.is_saved_dataset:
+            return sorted(p for p in self.path.rglob("*") if p.is_file())
+        files = [self.path] if self.path.is_file() else sorted(
+            p for p in self.path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+        if not files:
+            raise UserError(f"no {', '.join(SUFFIXES)} files in {self.path} or below it")
+        if unknown := [p for p in files if not p.name.endswith(SUFFIXES)]:
+            raise UserError(f"{unknown[0]}: not a format data=corpus reads; give {', '.join(SUFFIXES)} files")
+        return files
+
+    def documents(self) -> Iterator[tuple[str, int]]:
+        """(document's text, bytes of the source read so far)."""
+        if self.dataset or self.is_saved_dataset:
+            yield from self.dataset_documents()
+            return
+        done = 0
+        for path in self.files():
+            reader = read_parquet if path.name.endswith(".parquet") else read_text if path.suffix == ".txt" \
+                else read_jsonl
+            for text, position in reader(path, self.text_field):
+                yield text, done + position
+            done += path.stat().st_size
+
+    def dataset_documents(self) -> Iterator[tuple[str, int]]:
+        import datasets
+
+        try:
+            if self.dataset:
+                data = datasets.load_dataset(self.dataset, self.dataset_config, split=self.dataset_split,
+                                             streaming=True)
+            else:
+                data = datasets.load_from_disk(str(self.path))
+                if isinstance(data, datasets.DatasetDict):
+                    data = data[self.dataset_split]
+        except KeyError:
+            raise UserError(f"{self.path} has no split {self.dataset_split!r}; set data.dataset_split") from None
+        except Exception as e:  # noqa: BLE001 (datasets raises many kinds: connection, missing, offline)
+            raise UserError(f"cannot load dataset {self.dataset or self.path}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''}; offline, save it with "
+                            "datasets' save_to_disk where there is a network and give data.text_path=<that "
+                            "directory>") from None
+        columns = data.column_names or []
+        if self.text_field not in columns:
+            raise UserError(f"{self.describe() if self.dataset else self.path} has no column {self.text_field!r} "
+                            f"(its columns: {', '.join(columns)}); set data.text_field")
+        total = sum(p.stat().st_size for p in self.files()) if self.path else 0
+        rows = len(data) if hasattr(data, "__len__") and not self.dataset else None
+        for i, row in enumerate(data.select_columns([self.text_field])):
+            yield checked_text(row[self.text_field], f"{self.describe()}, row {i}", self.text_field), \
+                (total * (i + 1) // rows if rows else 0)
+
+
+def checked_text(text, where: str, field_name: str) -> str:
+    if not isinstance(text, str):
+        raise UserError(f"{where}: its {field_name!r} is {type(text).__name__}, not a text")
+    return text
+
+
+def read_text(path: Path, text_field: str) -> Iterator[tuple[str, int]]:
+    """A text file is one document."""
+    try:
+        yield path.read_text(encoding="utf-8"), path.stat().st_size
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (bad byte at offset {e.start}); convert it with iconv -t utf-8") \
+            from None
+
+
+def read_jsonl(path: Path, text_field: str) -> Iterator[tuple[str, int]]:
+    """Each line's ``text_field``; ``.gz`` and ``.zst`` are decompressed as they are read."""
+    with open(path, "rb") as raw:
+        if path.suffix == ".gz":
+            stream = gzip.GzipFile(fileobj=raw)
+        elif path.suffix == ".zst":
+            import zstandard
+
+            stream = zstandard.ZstdDecompressor().stream_reader(raw)
+        else:
+            stream = raw
+        line_number = 0
+        try:
+            for line_number, line in enumerate(lines_of(stream), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as e:
+                    raise UserError(f"{path}, line {line_number}: not a JSON record ({e})") from None
+                if not isinstance(record, dict) or text_field not in record:
+                    raise UserError(f"{path}, line {line_number}: no {text_field!r} key; set data.text_field")
+                yield checked_text(record[text_field], f"{path}, line {line_number}", text_field), raw.tell()
+        except (EOFError, OSError, zlib.error) as e:
+            raise UserError(f"{path} is cut short or not what its name says, after line {line_number} "
+                            f"({type(e).__name__}: {e}); download or compress it again") from None
+        except Exception as e:
+            if type(e).__module__.startswith("zstandard"):
+                raise UserError(f"{path} is cut short or not zstd, after line {line_number} ({e}); download or "
+                                "compress it again") from None
+            raise
+
+
+def lines_of(stream) -> Iterator[bytes]:
+    """The lines of a binary stream (zstandard's reader has no line iteration of its own)."""
+    rest = b""
+    while block := stream.read(1 << 20):
+        *lines, rest = (rest + block).split(b"\n")
+        yield from lines
+    if rest:
+        yield rest
+
+
+def read_parquet(path: Path, text_field: str) -> Iterator[tuple[str, int]]:
+    """The ``text_field`` column, a row group at a time."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 (pyarrow's errors are its own)
+        raise UserError(f"{path} is not a readable parquet file ({type(e).__name__}: {e})") from None
+    columns = parquet.schema_arrow.names
+    if text_field not in columns:
+        raise UserError(f"{path} has no column {text_field!r} (its columns: {', '.join(columns)}); set "
+                        "data.text_field")
+    groups, size = parquet.num_row_groups, path.stat().st_size
+    for group in range(groups):
+        texts = parquet.read_row_group(group, columns=[text_field]).column(0).to_pylist()
+        for row, text in enumerate(texts):
+            yield checked_text(text, f"{path}, row group {group}, row {row}", text_field), size * (group + 1) // groups
+
+
+# --------------------------------------------------------------------------- filters and deduplication
+
+
+@dataclass
+class Filters:
+    """Which documents are kept, and how many were removed and why."""
+
+    dedup: str = "none"
+    min_chars: int = 0
+    max_non_alpha: float | None = None
+    removed: dict = field(default_factory=lambda: {"exact_duplicates": 0, "near_duplicates": 0, "short": 0,
+                                                   "non_alphabetic": 0})
+
+    def __post_init__(self):
+        self.seen: set[bytes] = set()
+        if self.dedup == "minhash":
+            from datasketch import MinHashLSH
+
+            self.lsh, self.kept = MinHashLSH(num_perm=NUM_PERM, params=(BANDS, ROWS)), 0
+
+    def keep(self, text: str) -> bool:
+        if len(text) < self.min_chars:
+            return self.drop("short")
+        if self.max_non_alpha is not None and text and non_alphabetic_share(text) > self.max_non_alpha:
+            return self.drop("non_alphabetic")
+        if self.dedup != "none":
+            digest = hashlib.blake2b(" ".join(text.lower().split()).encode(), digest_size=16).digest()
+            if digest in self.seen:
+                return self.drop("exact_duplicates")
+            if self.dedup == "minhash" and self.near_duplicate(text):
+                return self.drop("near_duplicates")
+            self.seen.add(digest)
+        return True
+
+    def drop(self, reason: str) -> bool:
+        self.removed[reason] += 1
+        return False
+
+    def near_duplicate(self, text: str) -> bool:
+        """Whether a kept document is as similar as ``SIMILAR`` by MinHash; if not, this one is remembered."""
+        signature = minhash(text)
+        if any(self.signatures[key].jaccard(signature) >= SIMILAR for key in self.lsh.query(signature)):
+            return True
+        self.lsh.insert(self.kept, signature)
+        self.signatures[self.kept] = signature
+        self.kept += 1
+        return False
+
+    @property
+    def signatures(self) -> dict:
+        if not hasattr(self, "_signatures"):
+            self._signatures = {}
+        return self._signatures
+
+
+NUM_PERM, BANDS, ROWS, SIMILAR = 112, 14, 8, 0.7
+
+
+def shingles(text: str) -> set[str]:
+    """The text's word 5-grams, lower case."""
+    words = text.lower().split()
+    return {" ".join(words[i:i + 5]) for i in range(max(1, len(words) - 4))}
+
+
+def minhash(text: str):
+    from datasketch import MinHash
+
+    signature = MinHash(num_perm=NUM_PERM, seed=1)
+    signature.update_batch([shingle.encode() for shingle in shingles(text)])
+    return signature
+
+
+def non_alphabetic_share(text: str) -> float:
+    return sum(not (c.isalpha() or c.isspace()) for c in text) / len(text)
+
+
+# --------------------------------------------------------------------------- encoding and shards
+
+_tokenizer: Tokenizer | None = None
+
+
+def _start(tokenizer_dict: dict) -> None:
+    global _tokenizer
+    _tokenizer = tokenizer_from_dict(tokenizer_dict)
+
+
+def _encode_batch(batch: tuple[list[str], list[bool], str]) -> tuple[bytes, bytes]:
+    """The tokens of a batch of documents, each followed by the end token: (train's, validation's)."""
+    texts, to_val, dtype = batch
+    if isinstance(_tokenizer, TiktokenTokenizer):
+        ids = _tokenizer.encoding.encode_ordinary_batch(texts, num_threads=1)
+    else:
+        ids = [_tokenizer.encode(text) for text in texts]
+    end = [] if _tokenizer.eot_id is None else [_tokenizer.eot_id]
+    splits = ([], [])
+    for document, val in zip(ids, to_val):
+        splits[val].append(np.asarray(document + end, dtype=dtype))
+    return tuple(np.concatenate(part).tobytes() if part else b"" for part in splits)
+
+
+def encoded_in_order(batches: Iterator, tokenizer: Tokenizer, num_proc: int) -> Iterator[tuple[bytes, bytes]]:
+    """``_encode_batch`` of each batch, in order, by ``num_proc`` processes with at most two batches each in
+    flight, so that memory stays bounded whatever the corpus."""
+    if num_proc == 1:
+        _start(tokenizer.to_dict())
+        yield from map(_encode_batch, batches)
+        return
+    with multiprocessing.get_context("fork").Pool(num_proc, _start, (tokenizer.to_dict(),)) as pool:
+        pending = deque()
+        for batch in batches:
+            pending.append(pool.apply_async(_encode_batch, (batch,)))
+            if len(pending) >= 2 * num_proc:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+class Shards:
+    """Token shards of a split: ``<split>-00000.bin``, ... of about ``shard_tokens`` tokens each, each written to a
+    temporary file and named once whole."""
+
+    def __init__(self, data: PreparedData, split: str, shard_tokens: int, dtype: np.dtype, done: list[int]):
+        self.data, self.split, self.shard_tokens, self.itemsize = data, split, shard_tokens, dtype.itemsize
+        self.done, self.current, self.writer, self.file = list(done), 0, None, None
+
+    def write(self, tokens: bytes) -> None:
+        if not tokens:
+            return
+        if self.file is None:
+            self.writer = atomic_writer(self.data.shard_path(self.split, len(self.done)))
+            self.file = self.writer.__enter__()
+        self.file.write(tokens)
+        self.current += len(tokens) // self.itemsize
+
+    @property
+    def full(self) -> bool:
+        return self.current >= self.shard_tokens
+
+    def finish(self) -> None:
+        """The shard being written is done (if it holds anything)."""
+        if self.file is not None:
+            self.writer.__exit__(None, None, None)
+            self.done.append(self.current)
+            self.current, self.writer, self.file = 0, None, None
+
+    def abandon(self) -> None:
+        if self.file is not None:
+            self.writer.__exit__(RuntimeError, RuntimeError("abandoned"), None)
+
+
+def build_corpus(module: CorpusDataModule, out_dir: Path) -> tuple[Tokenizer, dict]:
+    source, data, val_every = module.source, PreparedData(out_dir), max(1, round(1 / module.val_fraction))
+    tokenizer = fit(module.tokenizer_kind,
+                    lambda: (text for i, (text, _) in enumerate(source.documents()) if i % val_every),
+                    lambda: (text for text, _ in source.documents()), module.vocab_size)
+    dtype, files = token_dtype(tokenizer.vocab_size), source.files()
+    done = read_progress(out_dir, module.options(), files)
+    shards = {split: Shards(data, split, module.shard_tokens, dtype, done.get(f"{split}_shards", []))
+              for split in ("train", "val")}
+    filters, counts = Filters(**module.filters), {"documents": 0, "kept": 0, "characters": 0}
+
+    def admitted(text: str) -> bool | None:
+        """None for a document filtered out, else whether it goes to the validation split."""
+        counts["documents"] += 1
+        if not filters.keep(text):
+            return None
+        counts["kept"], counts["characters"] = counts["kept"] + 1, counts["characters"] + len(text)
+        return (counts["kept"] - 1) % val_every == 0
+
+    total = sum(p.stat().st_size for p in files)
+    log.info("preparing %s (%s bytes) in %s", source.describe(), f"{total:,}", out_dir)
+    progress = tqdm(total=total or None, unit="B", unit_scale=True, desc=f"preparing ({tokenizer.kind})",
+                    disable=total < BATCH_CHARS)
+    documents = iter(source.documents())
+    if done:
+        log.info("resuming %s after its shard %d: %s documents done", out_dir, len(shards["train"].done) - 1,
+                 f"{done['documents']:,}")
+        for _, (text, position) in zip(range(done["documents"]), documents):  # deduplication must know them
+            admitted(text)
+            progress.update(position - progress.n)
+    read_when_made = deque()  # the documents read when each batch in flight was made
+
+    batch_chars = min(BATCH_CHARS, module.shard_tokens)  # a shard ends after the batch that fills it
+
+    def batches() -> Iterator[tuple[list[str], list[bool], str]]:
+        texts, to_val, size = [], [], 0
+        for text, position in documents:
+            progress.update(position - progress.n)
+            if (val := admitted(text)) is None:
+                continue
+            texts.append(text)
+            to_val.append(val)
+            size += len(text)
+            if size >= batch_chars:
+                read_when_made.append(counts["documents"])
+                yield texts, to_val, dtype.name
+                texts, to_val, size = [], [], 0
+        if texts:
+            read_when_made.append(counts["documents"])
+            yield texts, to_val, dtype.name
+
+    try:
+        with progress:
+            for train, val in encoded_in_order(batches(), tokenizer, module.num_proc or os.cpu_count() or 1):
+                read = read_when_made.popleft()
+                shards["train"].write(train)
+                shards["val"].write(val)
+                if shards["train"].full:
+                    for split in shards.values():
+                        split.finish()
+                    write_progress(out_dir, module.options(), files, read, shards)
+    except BaseException:
+        for split in shards.values():
+            split.abandon()
+        raise
+    for split in shards.values():
+        split.finish()
+    if counts["kept"] == 0 or not shards["train"].done:
+        raise UserError(f"no documents left in {source.describe()} after filtering ({counts['documents']:,} read, "
+                        f"removed: {describe_removed(filters.removed)}); loosen data.min_chars or "
+                        "data.max_non_alpha, or give more data")
+    if not shards["val"].done:
+        raise UserError(f"{source.describe()} has {counts['kept']} document(s): too few to hold out a validation "
+                        f"document with data.val_fraction={module.val_fraction}; raise it or give more documents")
+    fields = finish_layout(data, shards)
+    log.info("%s: %s documents read, %s kept (%s characters), %s train and %s val tokens in %d + %d shard(s); "
+             "removed: %s", source.describe(), f"{counts['documents']:,}", f"{counts['kept']:,}",
+             f"{counts['characters']:,}", f"{fields['train_tokens']:,}", f"{fields['val_tokens']:,}",
+             len(shards["train"].done), len(shards["val"].done), describe_removed(filters.removed))
+    (out_dir / PROGRESS).unlink(missing_ok=True)
+    return tokenizer, {**fields, "documents": counts["documents"], "kept_documents": counts["kept"],
+                       "characters": counts["characters"], "removed": dict(filters.removed)}
+
+
+def finish_layout(data: PreparedData, shards: dict) -> dict:
+    """The token counts of the meta; a corpus of one train shard becomes ``train.bin`` and ``val.bin``."""
+    fields = {f"{split}_tokens": sum(s.done) for split, s in shards.items()}
+    if len(shards["train"].done) == 1:
+        for split, s in shards.items():
+            for i in range(1, len(s.done)):  # one val shard per train shard: several merge into one file
+                with open(data.shard_path(split, 0), "ab") as first, open(data.shard_path(split, i), "rb") as f:
+                    first.write(f.read())
+                data.shard_path(split, i).unlink()
+            os.replace(data.shard_path(split, 0), data.split_path(split))
+        return fields
+    return {**fields, **{f"{split}_shards": s.done for split, s in shards.items()}}
+
+
+def describe_removed(removed: dict) -> str:
+    return ", ".join(f"{count:,} {reason.replace('_', ' ')}" for reason, count in removed.items()) or "none"
+
+
+def read_progress(out_dir: Path, options: dict, files: list[Path]) -> dict:
+    """What an interrupted preparation of the same source and options finished, or {}."""
+    try:
+        progress = json.loads((out_dir / PROGRESS).read_text())
+    except (OSError, ValueError):
+        return {}
+    data = PreparedData(out_dir)
+    whole = all(data.shard_path(split, i).is_file() for split in ("train", "val")
+                for i in range(len(progress.get(f"{split}_shards", []))))
+    same = progress.get("options") == options and progress.get("files") == file_stats(files)
+    return progress if same and whole and isinstance(progress.get("documents"), int) else {}
+
+
+def write_progress(out_dir: Path, options: dict, files: list[Path], documents: int, shards: dict) -> None:
+    atomic_write_text(out_dir / PROGRESS, json.dumps({"options": options, "files": file_stats(files),
+                                                     "documents": documents,
+                                                     **{f"{split}_shards": s.done for split, s in shards.items()}}))
