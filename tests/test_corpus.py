@@ -136,9 +136,10 @@ def test_shards_are_the_same_bytes_with_one_process_or_two_and_train_across_shar
     assert trained.returncode == 0, trained.stderr[-2000:]
 
 
-def test_an_interrupted_preparation_resumes_from_its_last_finished_shard(corpus_dir, tmp_path):
-    args = ["data=corpus", f"data.text_path={corpus_dir}", "data.shard_tokens=20000", "data.num_proc=1",
-            "data.dedup=exact"]
+@pytest.mark.parametrize("dedup", ["exact", "none"])  # read here / row groups read by the encoding processes
+def test_an_interrupted_preparation_resumes_from_its_last_finished_shard(corpus_dir, tmp_path, dedup):
+    args = ["data=corpus", f"data.text_path={corpus_dir}", "data.shard_tokens=20000", "data.num_proc=2",
+            f"data.dedup={dedup}"]
     whole = run_script("prepare.py", *args, f"paths.data_dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr
     stopped = start_script("prepare.py", *args, f"paths.data_dir={tmp_path / 'data'}")

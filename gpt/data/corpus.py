@@ -5,8 +5,10 @@ deduplicated in one pass, tokenized by every core, into numbered token shards th
 - Each document ends with the end token. Every ``1 / val_fraction``-th kept document goes to the validation split,
   so validation is held out by document, never cut mid-document, and spread over the corpus.
 - The main process reads, filters and deduplicates, in order, and hands batches of about a MB of documents to the
-  encoding processes (tiktoken's ``encode_ordinary_batch``: text that reads ``<|endoftext|>`` stays text); their
-  tokens come back in order, so the files are byte-identical whatever ``num_proc``.
+  encoding processes, whose tokens come back in order: the files are byte-identical whatever ``num_proc``. They
+  encode with tiktoken's ``encode_to_numpy``, as fast as its ``encode_ordinary_batch`` in one thread but with the
+  tokens in an array rather than a Python int each (``bench/bench_prepare.py``); text that reads ``<|endoftext|>``
+  stays text, as ``encode_ordinary`` keeps it.
 - Shards hold about ``shard_tokens`` tokens each (``train-00000.bin``, ...; ``val-00000.bin``, ...), their sizes in
   ``meta.json``. A corpus of one shard keeps the single ``train.bin`` / ``val.bin`` of ``data=text``.
 - After each train shard, ``progress.json`` records how many documents are done: an interrupted preparation
@@ -25,7 +27,7 @@ import multiprocessing
 import os
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,11 +35,11 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt import UserError
-from gpt.data.store import (PreparedData, check_val_fraction, file_stats, fit, prepare, prepared_name,
-                            token_dtype)
-from gpt.data.tokenizers import TiktokenTokenizer, Tokenizer, tokenizer_from_dict
+from gpt.data.store import PreparedData, check_val_fraction, file_stats, fit, prepare, prepared_name, token_dtype
+from gpt.data.tokenizers import TiktokenTokenizer, Tokenizer
 from gpt.data.windows import WindowsDataModule
 from gpt.files import atomic_write_text, atomic_writer
+from gpt.signals import default_signals_in_child
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,28 @@ class Source:
                 yield text, done + position
             done += path.stat().st_size
 
+    def works(self, filters: "Filters", batch_chars: int, done: int) -> Iterator["Work"]:
+        """The corpus in works for the encoding processes, from its document ``done`` on: the documents before it
+        are read again only where a deduplication must know them. Without deduplication, parquet row groups are
+        read by the encoding processes themselves; the rest is read here, in works of ``batch_chars``."""
+        if filters.dedup != "none" or self.dataset or self.is_saved_dataset:
+            yield from batched(self.documents(), filters, batch_chars, 0, done)
+            return
+        index, offset = 0, 0
+        for path in self.files():
+            size = path.stat().st_size
+            if path.name.endswith(".parquet"):
+                groups = row_group_sizes(path, self.text_field)
+                for group, rows in enumerate(groups):
+                    if index + rows > done:
+                        yield Work(index, rows, offset + size * (group + 1) // len(groups), path=path, group=group)
+                    index += rows
+            else:
+                reader = read_text if path.suffix == ".txt" else read_jsonl
+                documents = ((text, offset + position) for text, position in reader(path, self.text_field))
+                index = yield from batched(documents, filters, batch_chars, index, done)
+            offset += size
+
     def dataset_documents(self) -> Iterator[tuple[str, int]]:
         import datasets
 
@@ -172,6 +196,33 @@ class Source:
         for i, row in enumerate(data.select_columns([self.text_field])):
             yield checked_text(row[self.text_field], f"{self.describe()}, row {i}", self.text_field), \
                 (total * (i + 1) // rows if rows else 0)
+
+
+def batched(documents: Iterator[tuple[str, int]], filters: "Filters", batch_chars: int, first: int, done: int
+            ) -> Generator["Work", None, int]:
+    """Works of the documents (numbered from ``first``) that ``filters`` keep, about ``batch_chars`` characters
+    each; documents before ``done`` only pass through ``filters``. Returns the number after the last document."""
+    work, size, before, count = None, 0, {}, 0
+    for count, (text, position) in enumerate(documents, start=1):
+        index = first + count - 1
+        if index < done:
+            filters.keep(text)
+            continue
+        if work is None:
+            work, size, before = Work(index, 0, position), 0, dict(filters.removed)
+        work.count, work.position = work.count + 1, position
+        if filters.keep(text):
+            work.texts.append(text)
+            work.indices.append(index)
+            size += len(text)
+        if size >= batch_chars:
+            work.removed = {reason: n - before[reason] for reason, n in filters.removed.items()}
+            yield work
+            work = None
+    if work is not None:
+        work.removed = {reason: n - before[reason] for reason, n in filters.removed.items()}
+        yield work
+    return first + count
 
 
 def checked_text(text, where: str, field_name: str) -> str:
@@ -234,6 +285,14 @@ def lines_of(stream) -> Iterator[bytes]:
 
 def read_parquet(path: Path, text_field: str) -> Iterator[tuple[str, int]]:
     """The ``text_field`` column, a row group at a time."""
+    groups, size = len(row_group_sizes(path, text_field)), path.stat().st_size
+    for group in range(groups):
+        for text in read_row_group(path, group, text_field):
+            yield text, size * (group + 1) // groups
+
+
+def row_group_sizes(path: Path, text_field: str) -> list[int]:
+    """The rows of each row group of a parquet file that has the column ``text_field`` (its metadata only)."""
     import pyarrow.parquet as pq
 
     try:
@@ -244,11 +303,17 @@ def read_parquet(path: Path, text_field: str) -> Iterator[tuple[str, int]]:
     if text_field not in columns:
         raise UserError(f"{path} has no column {text_field!r} (its columns: {', '.join(columns)}); set "
                         "data.text_field")
-    groups, size = parquet.num_row_groups, path.stat().st_size
-    for group in range(groups):
-        texts = parquet.read_row_group(group, columns=[text_field]).column(0).to_pylist()
-        for row, text in enumerate(texts):
-            yield checked_text(text, f"{path}, row group {group}, row {row}", text_field), size * (group + 1) // groups
+    return [parquet.metadata.row_group(group).num_rows for group in range(parquet.num_row_groups)]
+
+
+def read_row_group(path: Path, group: int, text_field: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    texts = pq.ParquetFile(path).read_row_group(group, columns=[text_field]).column(0).to_pylist()
+    if not all(isinstance(text, str) for text in texts):  # the first that is not, named
+        row = next(row for row, text in enumerate(texts) if not isinstance(text, str))
+        checked_text(texts[row], f"{path}, row group {group}, row {row}", text_field)
+    return texts
 
 
 # --------------------------------------------------------------------------- filters and deduplication
@@ -265,11 +330,12 @@ class Filters:
                                                    "non_alphabetic": 0})
 
     def __post_init__(self):
-        self.seen: set[bytes] = set()
+        self.seen: set[bytes] = set()  # the digests of the kept documents' normalised texts
+        self.signatures: list = []  # the kept documents' MinHash signatures, by their key in the LSH index
         if self.dedup == "minhash":
             from datasketch import MinHashLSH
 
-            self.lsh, self.kept = MinHashLSH(num_perm=NUM_PERM, params=(BANDS, ROWS)), 0
+            self.lsh = MinHashLSH(num_perm=NUM_PERM, params=(BANDS, ROWS))
 
     def keep(self, text: str) -> bool:
         if len(text) < self.min_chars:
@@ -294,16 +360,9 @@ class Filters:
         signature = minhash(text)
         if any(self.signatures[key].jaccard(signature) >= SIMILAR for key in self.lsh.query(signature)):
             return True
-        self.lsh.insert(self.kept, signature)
-        self.signatures[self.kept] = signature
-        self.kept += 1
+        self.lsh.insert(len(self.signatures), signature)
+        self.signatures.append(signature)
         return False
-
-    @property
-    def signatures(self) -> dict:
-        if not hasattr(self, "_signatures"):
-            self._signatures = {}
-        return self._signatures
 
 
 NUM_PERM, BANDS, ROWS, SIMILAR = 112, 14, 8, 0.7
@@ -329,43 +388,76 @@ def non_alphabetic_share(text: str) -> float:
 
 # --------------------------------------------------------------------------- encoding and shards
 
+
+@dataclass
+class Work:
+    """A part of the corpus for an encoding process: the documents ``first`` to ``first + count`` of the source.
+    Either the main process read them (``texts``: those it kept, with their ``indices``; ``removed``: what it
+    removed), or the encoding process reads them itself, as a parquet row group (``path``, ``group``) when no
+    deduplication needs to see every document in one place."""
+
+    first: int
+    count: int
+    position: int  # bytes of the source read once it is done
+    texts: list[str] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    removed: dict = field(default_factory=dict)
+    path: Path | None = None
+    group: int = 0
+
+
+@dataclass
+class Encoded:
+    """What an encoding process gives back: the tokens of the kept documents, each followed by the end token, of
+    each split; how many it kept and their characters; what it removed."""
+
+    train: bytes
+    val: bytes
+    kept: int
+    characters: int
+    removed: dict
+
+
+# the encoding processes' tokenizer and settings, set before they are forked: they inherit them
 _tokenizer: Tokenizer | None = None
+_settings: dict = {}
 
 
-def _start(tokenizer_dict: dict) -> None:
-    global _tokenizer
-    _tokenizer = tokenizer_from_dict(tokenizer_dict)
-
-
-def _encode_batch(batch: tuple[list[str], list[bool], str]) -> tuple[bytes, bytes]:
-    """The tokens of a batch of documents, each followed by the end token: (train's, validation's)."""
-    texts, to_val, dtype = batch
-    if isinstance(_tokenizer, TiktokenTokenizer):
-        ids = _tokenizer.encoding.encode_ordinary_batch(texts, num_threads=1)
+def _encode(work: Work) -> Encoded:
+    texts, indices, removed = work.texts, work.indices, {}
+    if work.path is not None:  # a row group: read and filtered here
+        filters = Filters(min_chars=_settings["min_chars"], max_non_alpha=_settings["max_non_alpha"])  # no dedup
+        rows = read_row_group(work.path, work.group, _settings["text_field"])
+        kept = [(text, work.first + row) for row, text in enumerate(rows) if filters.keep(text)]
+        texts, indices, removed = [text for text, _ in kept], [index for _, index in kept], filters.removed
+    if isinstance(_tokenizer, TiktokenTokenizer):  # an array per text: no Python int per token
+        ids = [_tokenizer.encoding.encode_to_numpy(text, disallowed_special=()) for text in texts]
     else:
-        ids = [_tokenizer.encode(text) for text in texts]
-    end = [] if _tokenizer.eot_id is None else [_tokenizer.eot_id]
+        ids = [np.asarray(_tokenizer.encode(text), dtype=np.uint32) for text in texts]
+    end = np.array([] if _tokenizer.eot_id is None else [_tokenizer.eot_id], dtype=np.uint32)
     splits = ([], [])
-    for document, val in zip(ids, to_val):
-        splits[val].append(np.asarray(document + end, dtype=dtype))
-    return tuple(np.concatenate(part).tobytes() if part else b"" for part in splits)
+    for document, index in zip(ids, indices):
+        splits[index % _settings["val_every"] == 0].extend((document, end))
+    train, val = (np.concatenate(part).astype(_settings["dtype"]).tobytes() if part else b"" for part in splits)
+    return Encoded(train, val, len(texts), sum(map(len, texts)), removed)
 
 
-def encoded_in_order(batches: Iterator, tokenizer: Tokenizer, num_proc: int) -> Iterator[tuple[bytes, bytes]]:
-    """``_encode_batch`` of each batch, in order, by ``num_proc`` processes with at most two batches each in
+def encoded_in_order(works: Iterator[Work], num_proc: int) -> Iterator[tuple[Work, Encoded]]:
+    """(work, ``_encode(work)``) of each work, in order, by ``num_proc`` processes with at most two works each in
     flight, so that memory stays bounded whatever the corpus."""
     if num_proc == 1:
-        _start(tokenizer.to_dict())
-        yield from map(_encode_batch, batches)
+        yield from ((work, _encode(work)) for work in works)
         return
-    with multiprocessing.get_context("fork").Pool(num_proc, _start, (tokenizer.to_dict(),)) as pool:
+    with multiprocessing.get_context("fork").Pool(num_proc, default_signals_in_child) as pool:
         pending = deque()
-        for batch in batches:
-            pending.append(pool.apply_async(_encode_batch, (batch,)))
+        for work in works:
+            pending.append((work, pool.apply_async(_encode, (work,))))
             if len(pending) >= 2 * num_proc:
-                yield pending.popleft().get()
+                work, result = pending.popleft()
+                yield work, result.get()
         while pending:
-            yield pending.popleft().get()
+            work, result = pending.popleft()
+            yield work, result.get()
 
 
 class Shards:
@@ -402,87 +494,62 @@ class Shards:
 
 
 def build_corpus(module: CorpusDataModule, out_dir: Path) -> tuple[Tokenizer, dict]:
+    global _tokenizer
     source, data, val_every = module.source, PreparedData(out_dir), max(1, round(1 / module.val_fraction))
-    tokenizer = fit(module.tokenizer_kind,
-                    lambda: (text for i, (text, _) in enumerate(source.documents()) if i % val_every),
-                    lambda: (text for text, _ in source.documents()), module.vocab_size)
-    dtype, files = token_dtype(tokenizer.vocab_size), source.files()
+    _tokenizer = fit(module.tokenizer_kind,
+                     lambda: (text for i, (text, _) in enumerate(source.documents()) if i % val_every),
+                     lambda: (text for text, _ in source.documents()), module.vocab_size)
+    dtype, files = token_dtype(_tokenizer.vocab_size), source.files()
+    _settings.update(val_every=val_every, dtype=dtype, text_field=source.text_field, **module.filters)
     done = read_progress(out_dir, module.options(), files)
     shards = {split: Shards(data, split, module.shard_tokens, dtype, done.get(f"{split}_shards", []))
               for split in ("train", "val")}
-    filters, counts = Filters(**module.filters), {"documents": 0, "kept": 0, "characters": 0}
-
-    def admitted(text: str) -> bool | None:
-        """None for a document filtered out, else whether it goes to the validation split."""
-        counts["documents"] += 1
-        if not filters.keep(text):
-            return None
-        counts["kept"], counts["characters"] = counts["kept"] + 1, counts["characters"] + len(text)
-        return (counts["kept"] - 1) % val_every == 0
-
+    counts = done.get("counts", {"documents": 0, "kept": 0, "characters": 0, "removed": Filters().removed})
     total = sum(p.stat().st_size for p in files)
     log.info("preparing %s (%s bytes) in %s", source.describe(), f"{total:,}", out_dir)
-    progress = tqdm(total=total or None, unit="B", unit_scale=True, desc=f"preparing ({tokenizer.kind})",
-                    disable=total < BATCH_CHARS)
-    documents = iter(source.documents())
     if done:
         log.info("resuming %s after its shard %d: %s documents done", out_dir, len(shards["train"].done) - 1,
-                 f"{done['documents']:,}")
-        for _, (text, position) in zip(range(done["documents"]), documents):  # deduplication must know them
-            admitted(text)
-            progress.update(position - progress.n)
-    read_when_made = deque()  # the documents read when each batch in flight was made
-
-    batch_chars = min(BATCH_CHARS, module.shard_tokens)  # a shard ends after the batch that fills it
-
-    def batches() -> Iterator[tuple[list[str], list[bool], str]]:
-        texts, to_val, size = [], [], 0
-        for text, position in documents:
-            progress.update(position - progress.n)
-            if (val := admitted(text)) is None:
-                continue
-            texts.append(text)
-            to_val.append(val)
-            size += len(text)
-            if size >= batch_chars:
-                read_when_made.append(counts["documents"])
-                yield texts, to_val, dtype.name
-                texts, to_val, size = [], [], 0
-        if texts:
-            read_when_made.append(counts["documents"])
-            yield texts, to_val, dtype.name
-
+                 f"{counts['documents']:,}")
+    progress = tqdm(total=total or None, unit="B", unit_scale=True, desc=f"preparing ({_tokenizer.kind})",
+                    disable=total < BATCH_CHARS)
+    works = source.works(Filters(**module.filters), min(BATCH_CHARS, module.shard_tokens), counts["documents"])
     try:
         with progress:
-            for train, val in encoded_in_order(batches(), tokenizer, module.num_proc or os.cpu_count() or 1):
-                read = read_when_made.popleft()
-                shards["train"].write(train)
-                shards["val"].write(val)
-                if shards["train"].full:
+            for work, encoded in encoded_in_order(works, module.num_proc or os.cpu_count() or 1):
+                progress.update(work.position - progress.n)
+                counts["documents"] = work.first + work.count
+                counts["kept"] += encoded.kept
+                counts["characters"] += encoded.characters
+                for removed in (work.removed, encoded.removed):
+                    for reason, n in removed.items():
+                        counts["removed"][reason] += n
+                shards["train"].write(encoded.train)
+                shards["val"].write(encoded.val)
+                if shards["train"].full:  # a shard ends after the work that fills it
                     for split in shards.values():
                         split.finish()
-                    write_progress(out_dir, module.options(), files, read, shards)
+                    write_progress(out_dir, module.options(), files, counts, shards)
     except BaseException:
         for split in shards.values():
             split.abandon()
         raise
     for split in shards.values():
         split.finish()
-    if counts["kept"] == 0 or not shards["train"].done:
+    removed = describe_removed(counts["removed"])
+    if not shards["train"].done:
         raise UserError(f"no documents left in {source.describe()} after filtering ({counts['documents']:,} read, "
-                        f"removed: {describe_removed(filters.removed)}); loosen data.min_chars or "
-                        "data.max_non_alpha, or give more data")
+                        f"removed: {removed}); loosen data.min_chars or data.max_non_alpha, or give more data")
     if not shards["val"].done:
-        raise UserError(f"{source.describe()} has {counts['kept']} document(s): too few to hold out a validation "
-                        f"document with data.val_fraction={module.val_fraction}; raise it or give more documents")
+        raise UserError(f"{source.describe()} has {counts['kept']} document(s) kept: too few to hold out one with "
+                        f"data.val_fraction={module.val_fraction}; raise it or give more documents")
     fields = finish_layout(data, shards)
     log.info("%s: %s documents read, %s kept (%s characters), %s train and %s val tokens in %d + %d shard(s); "
              "removed: %s", source.describe(), f"{counts['documents']:,}", f"{counts['kept']:,}",
              f"{counts['characters']:,}", f"{fields['train_tokens']:,}", f"{fields['val_tokens']:,}",
-             len(shards["train"].done), len(shards["val"].done), describe_removed(filters.removed))
+             len(shards["train"].done), len(shards["val"].done), removed)
     (out_dir / PROGRESS).unlink(missing_ok=True)
-    return tokenizer, {**fields, "documents": counts["documents"], "kept_documents": counts["kept"],
-                       "characters": counts["characters"], "removed": dict(filters.removed)}
+    return _tokenizer, {**fields, "documents": counts["documents"], "kept_documents": counts["kept"],
+                        "characters": counts["characters"], "removed": counts["removed"]}
 
 
 def finish_layout(data: PreparedData, shards: dict) -> dict:
@@ -513,10 +580,9 @@ def read_progress(out_dir: Path, options: dict, files: list[Path]) -> dict:
     whole = all(data.shard_path(split, i).is_file() for split in ("train", "val")
                 for i in range(len(progress.get(f"{split}_shards", []))))
     same = progress.get("options") == options and progress.get("files") == file_stats(files)
-    return progress if same and whole and isinstance(progress.get("documents"), int) else {}
+    return progress if same and whole and isinstance(progress.get("counts"), dict) else {}
 
 
-def write_progress(out_dir: Path, options: dict, files: list[Path], documents: int, shards: dict) -> None:
-    atomic_write_text(out_dir / PROGRESS, json.dumps({"options": options, "files": file_stats(files),
-                                                     "documents": documents,
+def write_progress(out_dir: Path, options: dict, files: list[Path], counts: dict, shards: dict) -> None:
+    atomic_write_text(out_dir / PROGRESS, json.dumps({"options": options, "files": file_stats(files), "counts": counts,
                                                      **{f"{split}_shards": s.done for split, s in shards.items()}}))
