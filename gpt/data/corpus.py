@@ -21,6 +21,7 @@ deduplicated in one pass, tokenized by every core, into numbered token shards th
 
 import gzip
 import hashlib
+import importlib
 import json
 import logging
 import multiprocessing
@@ -170,8 +171,7 @@ class Source:
             offset += size
 
     def dataset_documents(self) -> Iterator[tuple[str, int]]:
-        import datasets
-
+        datasets = extra("datasets")
         try:
             if self.dataset:
                 data = datasets.load_dataset(self.dataset, self.dataset_config, split=self.dataset_split,
@@ -225,6 +225,14 @@ def batched(documents: Iterator[tuple[str, int]], filters: "Filters", batch_char
     return first + count
 
 
+def extra(module: str):
+    """A library of the ``corpus`` extra, or one line that says how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"data=corpus needs {module.split('.')[0]} for this: pip install -e '.[corpus]'") from None
+
+
 def checked_text(text, where: str, field_name: str) -> str:
     if not isinstance(text, str):
         raise UserError(f"{where}: its {field_name!r} is {type(text).__name__}, not a text")
@@ -246,9 +254,7 @@ def read_jsonl(path: Path, text_field: str) -> Iterator[tuple[str, int]]:
         if path.suffix == ".gz":
             stream = gzip.GzipFile(fileobj=raw)
         elif path.suffix == ".zst":
-            import zstandard
-
-            stream = zstandard.ZstdDecompressor().stream_reader(raw)
+            stream = extra("zstandard").ZstdDecompressor().stream_reader(raw)
         else:
             stream = raw
         line_number = 0
@@ -293,10 +299,8 @@ def read_parquet(path: Path, text_field: str) -> Iterator[tuple[str, int]]:
 
 def row_group_sizes(path: Path, text_field: str) -> list[int]:
     """The rows of each row group of a parquet file that has the column ``text_field`` (its metadata only)."""
-    import pyarrow.parquet as pq
-
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = extra("pyarrow.parquet").ParquetFile(path)
     except Exception as e:  # noqa: BLE001 (pyarrow's errors are its own)
         raise UserError(f"{path} is not a readable parquet file ({type(e).__name__}: {e})") from None
     columns = parquet.schema_arrow.names
@@ -307,9 +311,7 @@ def row_group_sizes(path: Path, text_field: str) -> list[int]:
 
 
 def read_row_group(path: Path, group: int, text_field: str) -> list[str]:
-    import pyarrow.parquet as pq
-
-    texts = pq.ParquetFile(path).read_row_group(group, columns=[text_field]).column(0).to_pylist()
+    texts = extra("pyarrow.parquet").ParquetFile(path).read_row_group(group, columns=[text_field]).column(0).to_pylist()
     if not all(isinstance(text, str) for text in texts):  # the first that is not, named
         row = next(row for row, text in enumerate(texts) if not isinstance(text, str))
         checked_text(texts[row], f"{path}, row group {group}, row {row}", text_field)
@@ -331,11 +333,9 @@ class Filters:
 
     def __post_init__(self):
         self.seen: set[bytes] = set()  # the digests of the kept documents' normalised texts
-        self.signatures: list = []  # the kept documents' MinHash signatures, by their key in the LSH index
+        self.signatures: list = []  # the kept documents' MinHash values, by their key in the LSH index
         if self.dedup == "minhash":
-            from datasketch import MinHashLSH
-
-            self.lsh = MinHashLSH(num_perm=NUM_PERM, params=(BANDS, ROWS))
+            self.lsh = extra("datasketch").MinHashLSH(num_perm=NUM_PERM, params=(BANDS, ROWS))
 
     def keep(self, text: str) -> bool:
         if len(text) < self.min_chars:
@@ -358,10 +358,11 @@ class Filters:
     def near_duplicate(self, text: str) -> bool:
         """Whether a kept document is as similar as ``SIMILAR`` by MinHash; if not, this one is remembered."""
         signature = minhash(text)
-        if any(self.signatures[key].jaccard(signature) >= SIMILAR for key in self.lsh.query(signature)):
-            return True
+        values = signature.hashvalues
+        if any(np.mean(self.signatures[key] == values) >= SIMILAR for key in self.lsh.query(signature)):
+            return True  # the share of equal hash values estimates the Jaccard similarity
         self.lsh.insert(len(self.signatures), signature)
-        self.signatures.append(signature)
+        self.signatures.append(values.copy())
         return False
 
 
@@ -375,9 +376,7 @@ def shingles(text: str) -> set[str]:
 
 
 def minhash(text: str):
-    from datasketch import MinHash
-
-    signature = MinHash(num_perm=NUM_PERM, seed=1)
+    signature = extra("datasketch").MinHash(num_perm=NUM_PERM, seed=1)
     signature.update_batch([shingle.encode() for shingle in shingles(text)])
     return signature
 

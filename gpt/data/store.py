@@ -8,7 +8,8 @@ start together (torchrun, SLURM), one prepares while the others wait for it, the
 
 Each data format (``gpt.data.windows``, ``examples``, ``answers``) writes its files through ``PreparedData``:
 
-- windows: ``train.bin`` and ``val.bin``, the first and the last part of the text;
+- windows: ``train.bin`` and ``val.bin``, the first and the last part of the text (a large corpus: numbered
+  shards of each, ``train-00000.bin``, ..., read as one stream by ``TokenShards``);
 - examples: ``tokens.bin`` and the ``offsets.npy`` index of whole examples, each followed by the end token;
 - answers: the same for prompt -> answer examples, with ``prompt_lengths.npy``.
 
