@@ -4,6 +4,7 @@ tokenized into token files and a tokenizer (90/10 train/val split by default), o
     python prepare.py data.text_path=my.txt [data.tokenizer=char|gpt2|bpe] [data.vocab_size=4096 (bpe)]
     python prepare.py data=examples data.text_path=my.txt [data.example=line|paragraph|document]
     python prepare.py data=jsonl data.text_path=qa.jsonl
+    python prepare.py data=corpus data.text_path=fineweb/ [data.dedup=exact|minhash]   (parquet, JSONL, datasets)
 
 ``data.text_path`` may be a directory: every ``*.txt`` file in it and its subdirectories is one document.
 """

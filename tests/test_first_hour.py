@@ -148,10 +148,11 @@ def test_a_bpe_larger_than_its_text_says_which_size_works_and_leaves_nothing(tmp
 @pytest.mark.parametrize("script, has", [
     ("train.py", ["Config groups", "model: bigram, gpt, gpt2", "global_batch_size"]),
     ("sample.py", ["ckpt_path: ???", "temperature"]),
-    ("prepare.py", ["data: arithmetic, examples, jsonl"]),
+    ("prepare.py", ["data: arithmetic, corpus, examples, jsonl"]),
     ("export.py", ["out_dir: ???", "overwrite"]),
     ("eval.py", ["tasks: null", "text_file"]),
-    ("make_pairs.py", ["ckpt_path: ???", "samples: 8", "data: arithmetic, examples, jsonl"]),
+    ("make_pairs.py", ["ckpt_path: ???", "samples: 8", "data: arithmetic, corpus, examples, jsonl"]),
+    ("serve.py", ["ckpt_path: ???", "api_key", "max_batch_size: 16"]),
 ])
 def test_each_entry_points_help_lists_what_it_takes(script, has):
     result = run_script(script, "--help")

@@ -61,7 +61,7 @@ def test_missing_data_file_is_one_line_before_any_library_loads(tmp_path):
     result = train_tiny(tmp_path / "run", "data=text", f"data.text_path={tmp_path / 'missing.txt'}")
     assert result.returncode == 2 and result.stderr.strip() == (
         f"error: data.text_path={tmp_path / 'missing.txt'}: no such file or directory; give a UTF-8 text file or a "
-        "directory of *.txt files (a JSONL file for data=jsonl)")
+        "directory of *.txt files (a JSONL file for data=jsonl; parquet, JSONL or a saved dataset for data=corpus)")
     assert not (tmp_path / "run").exists()
 
 

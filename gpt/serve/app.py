@@ -27,6 +27,7 @@ from gpt.serve.engine import Engine
 from gpt.serve.engine import Request as Row
 from gpt.serve.openai_api import (
     ApiError,
+    Body,
     ChatBody,
     CompletionBody,
     FillMaskBody,
@@ -61,10 +62,23 @@ class Server:
         self.in_flight = 0
         self.model_lock = asyncio.Lock()  # fill-mask and score run one at a time, off the event loop
 
-    def check_model_name(self, name: str | None) -> None:
-        if name is not None and name != self.served.name:
-            raise ApiError(400, f"unknown model {name!r}; this server serves {self.served.name!r} (GET /v1/models)",
+    async def body(self, request: Request, shape: type[Body], kind: str | None = None):
+        """The request's body, checked: its shape, the model it names, and the kind of model its endpoint needs."""
+        body = shape.parse(await read_body(request, self.limits.max_body_bytes))
+        name = self.served.name
+        if body.model is not None and body.model != name:
+            raise ApiError(400, f"unknown model {body.model!r}; this server serves {name!r} (GET /v1/models)",
                            param="model", code="model_not_found")
+        if kind is not None and self.served.kind != kind:
+            raise ApiError(400, f"{name} is {KINDS[self.served.kind]}; {request.url.path} needs {KINDS[kind]}")
+        return body
+
+    async def on_model(self, function, *args):
+        """``function(*args)`` off the event loop, one at a time (fill-mask and score, which the engine does not
+        run)."""
+        with self.place():
+            async with self.model_lock:
+                return await asyncio.to_thread(function, *args)
 
     def encode(self, text: str, what: str) -> list[int]:
         try:
@@ -213,54 +227,42 @@ def build_app(served: Served, limits: Limits, engine: Engine | None) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body = CompletionBody.parse(await read_body(request, limits.max_body_bytes))
-        server.check_model_name(body.model)
+        body = await server.body(request, CompletionBody)
         prompts = [server.encode(text, "prompt") for text in body.prompts]
         return await respond(server, request, body, prompts, body.max_tokens, Reply(False, served.name))
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        body = ChatBody.parse(await read_body(request, limits.max_body_bytes))
-        server.check_model_name(body.model)
+        body = await server.body(request, ChatBody)
         prompt = server.encode(conversation_prompt(body, served.kind), "messages")
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         return await respond(server, request, body, [prompt], max_tokens, Reply(True, served.name))
 
     @app.post("/v1/fill_mask")
     async def fill_mask(request: Request) -> dict:
-        body = FillMaskBody.parse(await read_body(request, limits.max_body_bytes))
-        server.check_model_name(body.model)
-        if served.kind != "masked":
-            raise ApiError(400, f"{served.name} is {KINDS[served.kind]}, not a masked LM; fill_mask needs one")
+        body = await server.body(request, FillMaskBody, kind="masked")
         ids, tokenizer = server.encode(body.prompt, "prompt"), served.tokenizer
         if tokenizer.mask_id not in ids:
             raise ApiError(400, "the prompt has no [MASK]; write [MASK] where the model should fill in", "prompt")
         if len(ids) > served.block_size:
             raise ApiError(400, f"the prompt is {len(ids)} tokens, longer than the model's context of "
                                 f"{served.block_size}", param="prompt")
-        with server.place():
-            async with server.model_lock:
-                filled, top = await asyncio.to_thread(fill_masks, served.model, ids, tokenizer.mask_id,
-                                                      tokenizer.special_ids, body.top_k)
+        filled, top = await server.on_model(fill_masks, served.model, ids, tokenizer.mask_id, tokenizer.special_ids,
+                                            body.top_k)
         masks = [[{"token": tokenizer.decode([token]), "probability": p} for token, p in options] for options in top]
         return {"object": "fill_mask", "model": served.name, "text": tokenizer.decode(filled), "masks": masks}
 
     @app.post("/v1/score")
     async def score(request: Request) -> dict:
-        body = ScoreBody.parse(await read_body(request, limits.max_body_bytes))
-        server.check_model_name(body.model)
-        if served.kind != "reward":
-            raise ApiError(400, f"{served.name} is {KINDS[served.kind]}, not a reward model; score needs one")
+        body = await server.body(request, ScoreBody, kind="reward")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         completions = [body.completion] * len(prompts) if isinstance(body.completion, str) else body.completion
         if len(completions) != len(prompts) or not 0 < len(prompts) <= limits.max_n:
             raise ApiError(400, f"give one completion per prompt, 1 to {limits.max_n} of them", param="completion")
-        with server.place():
-            async with server.model_lock:
-                try:
-                    scores = await asyncio.to_thread(served.scorer.score, served.tokenizer, prompts, completions)
-                except UserError as e:
-                    raise ApiError(400, str(e)) from None
+        try:
+            scores = await server.on_model(served.scorer.score, served.tokenizer, prompts, completions)
+        except UserError as e:
+            raise ApiError(400, str(e)) from None
         return {"object": "score", "model": served.name, "scores": scores}
 
     return app
