@@ -64,7 +64,7 @@ class CorpusDataModule(WindowsDataModule):
 
     def __init__(self, *, text_path: str | None = None, dataset: str | None = None, dataset_config: str | None = None,
                  dataset_split: str = "train", text_field: str = "text", dedup: str = "none", min_chars: int = 0,
-                 max_non_alpha: float | None = None, shard_tokens: int = 100_000_000, val_fraction: float = 0.01,
+                 max_non_alpha: float | None = None, shard_tokens: int = 100_000_000, val_fraction: float = 0.005,
                  **options):
         if (text_path is None) == (dataset is None):
             raise UserError("data=corpus reads data.text_path (local files) or data.dataset (a Hub dataset): give one")
@@ -187,13 +187,15 @@ class Source:
                             f"{str(e).splitlines()[0][:200] if str(e) else ''}; offline, save it with "
                             "datasets' save_to_disk where there is a network and give data.text_path=<that "
                             "directory>") from None
-        columns = data.column_names or []
-        if self.text_field not in columns:
-            raise UserError(f"{self.describe() if self.dataset else self.path} has no column {self.text_field!r} "
-                            f"(its columns: {', '.join(columns)}); set data.text_field")
+        columns = data.column_names  # None for a streamed dataset whose features are not declared
+        if columns and self.text_field not in columns:
+            raise UserError(f"{self.describe()} has no column {self.text_field!r} (its columns: "
+                            f"{', '.join(columns)}); set data.text_field")
         total = sum(p.stat().st_size for p in self.files()) if self.path else 0
-        rows = len(data) if hasattr(data, "__len__") and not self.dataset else None
-        for i, row in enumerate(data.select_columns([self.text_field])):
+        rows = None if self.dataset else len(data)
+        for i, row in enumerate(data.select_columns([self.text_field]) if columns else data):
+            if self.text_field not in row:
+                raise UserError(f"{self.describe()}, row {i}: no {self.text_field!r}; set data.text_field")
             yield checked_text(row[self.text_field], f"{self.describe()}, row {i}", self.text_field), \
                 (total * (i + 1) // rows if rows else 0)
 
