@@ -82,8 +82,8 @@ def test_each_format_gives_its_documents_each_ended_by_the_end_token(tmp_path, n
     assert (meta["documents"], meta["kept_documents"]) == (302, 302)
     assert meta["characters"] == sum(map(len, texts))
     restored = texts_of(directory)
-    val = [t for i, t in enumerate(texts) if i % 10 == 0]  # held out by document: every 10th
-    assert restored == [t for i, t in enumerate(texts) if i % 10] + val
+    val = [t for i, t in enumerate(texts) if i % 10 == 9]  # held out by document: every 10th
+    assert restored == [t for i, t in enumerate(texts) if i % 10 != 9] + val
 
 
 def test_text_files_and_directories_of_formats_mix(tmp_path):
@@ -222,12 +222,14 @@ def test_minhash_and_filters_in_a_preparation_count_what_they_remove(tmp_path):
     (lambda d: (d / "a.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps({"text": t}) + "\n" for t in
                                                                      documents(200)).encode())[:5000]), [],
      "a.jsonl.gz is cut short or not what its name says"),
+    (lambda d: (d / "a.jsonl.zst").write_bytes(write_jsonl(d / "full.jsonl.zst", documents(200)).read_bytes()[:5000])
+     and (d / "full.jsonl.zst").unlink(), [], "a.jsonl.zst is cut short or not what its name says"),
     (lambda d: write_jsonl(d / "a.jsonl", ["short"] * 5), ["data.min_chars=100"],
      "no documents left in"),
     (lambda d: None, ["data.dataset=nobody/no-such-dataset"],
      "cannot load dataset nobody/no-such-dataset"),
-], ids=["parquet without the column", "a text that is not a string", "truncated gz", "empty after filtering",
-        "a dataset offline"])
+], ids=["parquet without the column", "a text that is not a string", "truncated gz", "truncated zst",
+        "empty after filtering", "a dataset offline"])
 def test_bad_corpora_are_one_line_and_leave_nothing_behind(tmp_path, make, args, message):
     source = tmp_path / "source"
     source.mkdir()

@@ -2,8 +2,9 @@
 (by row group), a local Hugging Face dataset (``save_to_disk``) or one named on the Hub (streamed), filtered and
 deduplicated in one pass, tokenized by every core, into numbered token shards that training samples as one stream.
 
-- Each document ends with the end token. Every ``1 / val_fraction``-th kept document goes to the validation split,
-  so validation is held out by document, never cut mid-document, and spread over the corpus.
+- Each document ends with the end token. Every ``1 / val_fraction``-th document of the source (the 200th, 400th,
+  ... by default), if kept, goes to the validation split: held out by document, never cut mid-document, spread
+  over the corpus, and the same whatever the filters remove elsewhere.
 - The main process reads, filters and deduplicates, in order, and hands batches of about a MB of documents to the
   encoding processes, whose tokens come back in order: the files are byte-identical whatever ``num_proc``. They
   encode with tiktoken's ``encode_to_numpy``, as fast as its ``encode_ordinary_batch`` in one thread but with the
@@ -29,6 +30,8 @@ import os
 import zlib
 from collections import deque
 from collections.abc import Generator, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +51,7 @@ SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".txt")
 DEDUP = ("none", "exact", "minhash")
 BATCH_CHARS = 1 << 20  # the text handed to an encoding process at a time (at most a shard's tokens)
 PROGRESS = "progress.json"
+MAX_TEXT_FILE = 64 << 20  # a .txt file is one document: one that needs more memory than this is refused
 
 
 class CorpusDataModule(WindowsDataModule):
@@ -243,6 +247,9 @@ def checked_text(text, where: str, field_name: str) -> str:
 
 def read_text(path: Path, text_field: str) -> Iterator[tuple[str, int]]:
     """A text file is one document."""
+    if path.stat().st_size > MAX_TEXT_FILE:
+        raise UserError(f"{path} is {path.stat().st_size:,} bytes: data=corpus reads a .txt file as one document, of "
+                        f"at most {MAX_TEXT_FILE:,}; split it into documents, or train on it with data=text")
     try:
         yield path.read_text(encoding="utf-8"), path.stat().st_size
     except UnicodeDecodeError as e:
@@ -253,15 +260,8 @@ def read_text(path: Path, text_field: str) -> Iterator[tuple[str, int]]:
 def read_jsonl(path: Path, text_field: str) -> Iterator[tuple[str, int]]:
     """Each line's ``text_field``; ``.gz`` and ``.zst`` are decompressed as they are read."""
     with open(path, "rb") as raw:
-        if path.suffix == ".gz":
-            stream = gzip.GzipFile(fileobj=raw)
-        elif path.suffix == ".zst":
-            stream = extra("zstandard").ZstdDecompressor().stream_reader(raw)
-        else:
-            stream = raw
-        line_number = 0
         try:
-            for line_number, line in enumerate(lines_of(stream), start=1):
+            for line_number, line in enumerate(lines_of(decompressed(raw, path.suffix)), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -271,20 +271,42 @@ def read_jsonl(path: Path, text_field: str) -> Iterator[tuple[str, int]]:
                 if not isinstance(record, dict) or text_field not in record:
                     raise UserError(f"{path}, line {line_number}: no {text_field!r} key; set data.text_field")
                 yield checked_text(record[text_field], f"{path}, line {line_number}", text_field), raw.tell()
-        except (EOFError, OSError, zlib.error) as e:
-            raise UserError(f"{path} is cut short or not what its name says, after line {line_number} "
-                            f"({type(e).__name__}: {e}); download or compress it again") from None
-        except Exception as e:
-            if type(e).__module__.startswith("zstandard"):
-                raise UserError(f"{path} is cut short or not zstd, after line {line_number} ({e}); download or "
-                                "compress it again") from None
-            raise
+        except (EOFError, OSError, zlib.error, CutShort) as e:
+            raise UserError(f"{path} is cut short or not what its name says ({type(e).__name__}: {e}); download or "
+                            "compress it again") from None
 
 
-def lines_of(stream) -> Iterator[bytes]:
-    """The lines of a binary stream (zstandard's reader has no line iteration of its own)."""
+class CutShort(Exception):
+    """A compressed file that ends inside a frame."""
+
+
+def decompressed(raw, suffix: str) -> Iterator[bytes]:
+    """The bytes of a file, decompressed by its suffix (``.gz``, ``.zst``), in blocks."""
+    if suffix == ".gz":
+        stream = gzip.GzipFile(fileobj=raw)  # raises EOFError where the data ends early
+        while block := stream.read(1 << 20):
+            yield block
+        return
+    if suffix != ".zst":
+        while block := raw.read(1 << 20):
+            yield block
+        return
+    zstandard, frame = extra("zstandard"), None  # a file may hold several frames, one after another
+    while data := raw.read(1 << 20):
+        while data:
+            frame = frame or zstandard.ZstdDecompressor().decompressobj()
+            try:
+                yield frame.decompress(data)
+            except zstandard.ZstdError as e:
+                raise CutShort(str(e)) from None
+            data, frame = (frame.unused_data, None) if frame.eof else (b"", frame)
+    if frame is not None:
+        raise CutShort("the last zstd frame ends early")
+
+
+def lines_of(blocks: Iterator[bytes]) -> Iterator[bytes]:
     rest = b""
-    while block := stream.read(1 << 20):
+    for block in blocks:
         *lines, rest = (rest + block).split(b"\n")
         yield from lines
     if rest:
@@ -313,7 +335,14 @@ def row_group_sizes(path: Path, text_field: str) -> list[int]:
 
 
 def read_row_group(path: Path, group: int, text_field: str) -> list[str]:
-    texts = extra("pyarrow.parquet").ParquetFile(path).read_row_group(group, columns=[text_field]).column(0).to_pylist()
+    try:
+        table = extra("pyarrow.parquet").ParquetFile(path).read_row_group(group, columns=[text_field])
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 (pyarrow's errors are its own)
+        raise UserError(f"{path}, row group {group}: cannot be read ({type(e).__name__}: {e}); download it again") \
+            from None
+    texts = table.column(0).to_pylist()
     if not all(isinstance(text, str) for text in texts):  # the first that is not, named
         row = next(row for row, text in enumerate(texts) if not isinstance(text, str))
         checked_text(texts[row], f"{path}, row group {group}, row {row}", text_field)
@@ -438,7 +467,7 @@ def _encode(work: Work) -> Encoded:
     end = np.array([] if _tokenizer.eot_id is None else [_tokenizer.eot_id], dtype=np.uint32)
     splits = ([], [])
     for document, index in zip(ids, indices):
-        splits[index % _settings["val_every"] == 0].extend((document, end))
+        splits[index % _settings["val_every"] == _settings["val_every"] - 1].extend((document, end))
     train, val = (np.concatenate(part).astype(_settings["dtype"]).tobytes() if part else b"" for part in splits)
     return Encoded(train, val, len(texts), sum(map(len, texts)), removed)
 
@@ -449,16 +478,25 @@ def encoded_in_order(works: Iterator[Work], num_proc: int) -> Iterator[tuple[Wor
     if num_proc == 1:
         yield from ((work, _encode(work)) for work in works)
         return
-    with multiprocessing.get_context("fork").Pool(num_proc, default_signals_in_child) as pool:
+    # an executor rather than multiprocessing's Pool: a process killed mid-work (out of memory) breaks it with an
+    # error, where the Pool would wait for that work forever
+    with ProcessPoolExecutor(num_proc, multiprocessing.get_context("fork"), default_signals_in_child) as pool:
         pending = deque()
-        for work in works:
-            pending.append((work, pool.apply_async(_encode, (work,))))
-            if len(pending) >= 2 * num_proc:
+        try:
+            for work in works:
+                pending.append((work, pool.submit(_encode, work)))
+                if len(pending) >= 2 * num_proc:
+                    work, result = pending.popleft()
+                    yield work, result.result()
+            while pending:
                 work, result = pending.popleft()
-                yield work, result.get()
-        while pending:
-            work, result = pending.popleft()
-            yield work, result.get()
+                yield work, result.result()
+        except BrokenProcessPool:
+            raise UserError("an encoding process died (killed: out of memory?); prepare again with fewer "
+                            "data.num_proc") from None
+        finally:
+            for _, result in pending:
+                result.cancel()
 
 
 class Shards:
@@ -496,13 +534,16 @@ class Shards:
 
 def build_corpus(module: CorpusDataModule, out_dir: Path) -> tuple[Tokenizer, dict]:
     global _tokenizer
-    source, data, val_every = module.source, PreparedData(out_dir), max(1, round(1 / module.val_fraction))
+    source, data, val_every = module.source, PreparedData(out_dir), max(2, round(1 / module.val_fraction))
     _tokenizer = fit(module.tokenizer_kind,
                      lambda: (text for i, (text, _) in enumerate(source.documents()) if i % val_every),
                      lambda: (text for text, _ in source.documents()), module.vocab_size)
     dtype, files = token_dtype(_tokenizer.vocab_size), source.files()
     _settings.update(val_every=val_every, dtype=dtype, text_field=source.text_field, **module.filters)
     done = read_progress(out_dir, module.options(), files)
+    if not done:  # a fresh start: the token files of an earlier attempt go
+        for stale in [*out_dir.glob("train*.bin"), *out_dir.glob("val*.bin")]:
+            stale.unlink()
     shards = {split: Shards(data, split, module.shard_tokens, dtype, done.get(f"{split}_shards", []))
               for split in ("train", "val")}
     counts = done.get("counts", {"documents": 0, "kept": 0, "characters": 0, "removed": Filters().removed})
