@@ -473,8 +473,9 @@ def _encode(work: Work) -> Encoded:
 
 
 def encoded_in_order(works: Iterator[Work], num_proc: int) -> Iterator[tuple[Work, Encoded]]:
-    """(work, ``_encode(work)``) of each work, in order, by ``num_proc`` processes with at most two works each in
-    flight, so that memory stays bounded whatever the corpus."""
+    """(work, ``_encode(work)``) of each work, in order, by ``num_proc`` processes with at most four works each in
+    flight (two kept them waiting for the next one now and then), so that memory stays bounded whatever the
+    corpus."""
     if num_proc == 1:
         yield from ((work, _encode(work)) for work in works)
         return
@@ -485,7 +486,7 @@ def encoded_in_order(works: Iterator[Work], num_proc: int) -> Iterator[tuple[Wor
         try:
             for work in works:
                 pending.append((work, pool.submit(_encode, work)))
-                if len(pending) >= 2 * num_proc:
+                if len(pending) >= 4 * num_proc:
                     work, result = pending.popleft()
                     yield work, result.result()
             while pending:
