@@ -146,9 +146,7 @@ class Source:
             return
         done = 0
         for path in self.files():
-            reader = read_parquet if path.name.endswith(".parquet") else read_text if path.suffix == ".txt" \
-                else read_jsonl
-            for text, position in reader(path, self.text_field):
+            for text, position in reader_of(path)(path, self.text_field):
                 yield text, done + position
             done += path.stat().st_size
 
@@ -169,8 +167,7 @@ class Source:
                         yield Work(index, rows, offset + size * (group + 1) // len(groups), path=path, group=group)
                     index += rows
             else:
-                reader = read_text if path.suffix == ".txt" else read_jsonl
-                documents = ((text, offset + position) for text, position in reader(path, self.text_field))
+                documents = ((text, offset + position) for text, position in reader_of(path)(path, self.text_field))
                 index = yield from batched(documents, filters, batch_chars, index, done)
             offset += size
 
@@ -229,6 +226,11 @@ def batched(documents: Iterator[tuple[str, int]], filters: "Filters", batch_char
         work.removed = {reason: n - before[reason] for reason, n in filters.removed.items()}
         yield work
     return first + count
+
+
+def reader_of(path: Path):
+    """The function that reads the documents of ``path`` by its suffix: (text, bytes of the file read so far)."""
+    return read_parquet if path.name.endswith(".parquet") else read_text if path.suffix == ".txt" else read_jsonl
 
 
 def extra(module: str):
@@ -335,10 +337,9 @@ def row_group_sizes(path: Path, text_field: str) -> list[int]:
 
 
 def read_row_group(path: Path, group: int, text_field: str) -> list[str]:
+    parquet = extra("pyarrow.parquet")
     try:
-        table = extra("pyarrow.parquet").ParquetFile(path).read_row_group(group, columns=[text_field])
-    except UserError:
-        raise
+        table = parquet.ParquetFile(path).read_row_group(group, columns=[text_field])
     except Exception as e:  # noqa: BLE001 (pyarrow's errors are its own)
         raise UserError(f"{path}, row group {group}: cannot be read ({type(e).__name__}: {e}); download it again") \
             from None
@@ -467,9 +468,14 @@ def _encode(work: Work) -> Encoded:
     end = np.array([] if _tokenizer.eot_id is None else [_tokenizer.eot_id], dtype=np.uint32)
     splits = ([], [])
     for document, index in zip(ids, indices):
-        splits[index % _settings["val_every"] == _settings["val_every"] - 1].extend((document, end))
+        splits[held_out(index, _settings["val_every"])].extend((document, end))
     train, val = (np.concatenate(part).astype(_settings["dtype"]).tobytes() if part else b"" for part in splits)
     return Encoded(train, val, len(texts), sum(map(len, texts)), removed)
+
+
+def held_out(index: int, val_every: int) -> bool:
+    """Whether the source's document ``index`` belongs to the validation split: the last of every ``val_every``."""
+    return index % val_every == val_every - 1
 
 
 def encoded_in_order(works: Iterator[Work], num_proc: int) -> Iterator[tuple[Work, Encoded]]:
@@ -537,7 +543,7 @@ def build_corpus(module: CorpusDataModule, out_dir: Path) -> tuple[Tokenizer, di
     global _tokenizer
     source, data, val_every = module.source, PreparedData(out_dir), max(2, round(1 / module.val_fraction))
     _tokenizer = fit(module.tokenizer_kind,
-                     lambda: (text for i, (text, _) in enumerate(source.documents()) if i % val_every),
+                     lambda: (text for i, (text, _) in enumerate(source.documents()) if not held_out(i, val_every)),
                      lambda: (text for text, _ in source.documents()), module.vocab_size)
     dtype, files = token_dtype(_tokenizer.vocab_size), source.files()
     _settings.update(val_every=val_every, dtype=dtype, text_field=source.text_field, **module.filters)
