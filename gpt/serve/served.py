@@ -8,7 +8,7 @@ from gpt.data.arithmetic import ArithmeticDataModule
 from gpt.data.pairs import PairsDataModule
 from gpt.data.tokenizers import Tokenizer
 from gpt.models.interface import TokenModel
-from gpt.training.checkpoint import CheckpointRecord, model_from_checkpoint
+from gpt.training.checkpoint import CheckpointRecord, load_checkpoint, model_from_checkpoint
 from gpt.training.reward_model import Scorer, reward_model_from_checkpoint, trained_as_reward_model
 
 # the data whose examples are a prompt and an answer that ends with the end token (DPO's pairs are such answers)
@@ -54,10 +54,9 @@ def run_name(ckpt_path: str) -> str:
 
 def load_served(ckpt_path: str, device: str, name: str | None = None) -> Served:
     """The checkpoint, checked as every loaded checkpoint is (``gpt.training.checkpoint``), on ``device``."""
-    model, tokenizer, record = model_from_checkpoint(ckpt_path)
-    served = Served(name or run_name(ckpt_path), kind_of(record), tokenizer)
-    if served.kind == "reward":
-        served.scorer = reward_model_from_checkpoint(ckpt_path)[0].to(device)  # the trunk and its score head
-    else:
-        served.model = model.to(device)
-    return served
+    kind = kind_of(load_checkpoint(ckpt_path, verify=False)[1])  # its record, read without its tensors
+    if kind == "reward":
+        scorer, tokenizer = reward_model_from_checkpoint(ckpt_path)  # the trunk and its score head
+        return Served(name or run_name(ckpt_path), kind, tokenizer, scorer=scorer.to(device))
+    model, tokenizer, _ = model_from_checkpoint(ckpt_path)
+    return Served(name or run_name(ckpt_path), kind, tokenizer, model=model.to(device))
