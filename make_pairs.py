@@ -4,7 +4,8 @@
     python make_pairs.py ckpt_path=<run>/checkpoints/best.ckpt data=jsonl data.text_path=qa.jsonl samples=16
 
 The problems are the training split of the data the checkpoint was trained on (give the same data keys, or the
-same ``experiment=``); its held-out problems are never used. ``samples`` answers are sampled per problem at
+same ``experiment=``); its held-out problems are used only with ``held_out=true``, which writes pairs of them to
+measure a reward model or DPO on (their ``data.val_path``), never to train on. ``samples`` answers are sampled per problem at
 ``temperature``, in batches with the KV cache, and checked; each problem with both a right and a wrong answer gives
 a pair of its answer (chosen) and each distinct wrong answer that ended (rejected). Prints the counts.
 """
@@ -38,12 +39,13 @@ def main(cfg: DictConfig) -> None:
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
         check_tokenizer(record.tokenizer, datamodule.tokenizer, f"ckpt_path={cfg.ckpt_path}")
-        train_problems = getattr(datamodule, "prompts_and_answers", None)
-        if train_problems is None:
+        prompts_and_answers = getattr(datamodule, "prompts_and_answers", None)
+        if prompts_and_answers is None:
             raise UserError("make_pairs.py needs data with answers to check (data=arithmetic, data=jsonl); give the "
                             "data keys the checkpoint was trained with")
-        n_train = datamodule.prepared.n_train_examples
-        problems = train_problems(range(min(n_train, cfg.problems or n_train)))
+        data = datamodule.prepared
+        first, end = (data.n_train_examples, data.n_examples) if cfg.held_out else (0, data.n_train_examples)
+        problems = prompts_and_answers(range(first, min(end, first + (cfg.problems or end))))
         torch.manual_seed(cfg.seed)
         model.to(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         counts = sample_pairs(model, tokenizer, problems, cfg.samples, cfg.temperature, cfg.batch_size)

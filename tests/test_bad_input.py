@@ -58,7 +58,7 @@ def test_unwritable_run_dir():
 def test_unknown_experiment_lists_the_valid_ones(tmp_path):
     result = train_tiny(tmp_path / "run", "experiment=nope")
     assert result.returncode == 2 and result.stderr.strip() == \
-        "error: experiment=nope is not an option; choose one of addition, addition_rl, addition_weak, mlm_char, shakespeare_char"
+        "error: experiment=nope is not an option; choose one of addition, addition_rl, addition_strong, addition_weak, mlm_char, shakespeare_char"
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):

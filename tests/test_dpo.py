@@ -158,6 +158,12 @@ def test_make_pairs_samples_training_problems_only_and_its_pairs_train_dpo(tmp_p
                          for p in pairs)
     assert not {p["prompt"] for p in pairs} & {p["prompt"] for p in test_problems}
     assert prepare_pairs(out, tmp_path / "prepared")["examples"] == 2 * len(pairs)
+    held_out = tmp_path / "val_pairs.jsonl"
+    made = run_script("make_pairs.py", f"ckpt_path={tmp_path / 'sft' / 'checkpoints' / 'best.ckpt'}", *arithmetic,
+                      f"out_path={held_out}", "held_out=true", "problems=10")
+    assert made.returncode == 0 and made.stdout.startswith("10 problems x 8 samples: "), made.stderr[-2000:]
+    test_answers = {p["prompt"]: p["answer"] for p in test_problems[:10]}
+    assert all(test_answers[p["prompt"]] == p["chosen"] for p in map(json.loads, held_out.read_text().splitlines()))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -126,7 +126,7 @@ EXPORT = {"ckpt_path": TEXT, "out_dir": TEXT, "overwrite": BOOLEAN}
 
 MAKE_PAIRS = {
     **DATA, "ckpt_path": TEXT, "out_path": TEXT, "temperature": POSITIVE, "problems": optional(POSITIVE_INT),
-    "batch_size": POSITIVE_INT, "seed": INTEGER,
+    "held_out": BOOLEAN, "batch_size": POSITIVE_INT, "seed": INTEGER,
     "samples": Rule("an integer of at least 2", lambda value: is_int(value) and value >= 2,
                     "a pair needs a right and a wrong answer to the same problem: 8 is usual"),
 }
