@@ -5,9 +5,9 @@
 
 The problems are the training split of the data the checkpoint was trained on (give the same data keys, or the
 same ``experiment=``); its held-out problems are used only with ``held_out=true``, which writes pairs of them to
-measure a reward model or DPO on (their ``data.val_path``), never to train on. ``samples`` answers are sampled per problem at
-``temperature``, in batches with the KV cache, and checked; each problem with both a right and a wrong answer gives
-a pair of its answer (chosen) and each distinct wrong answer that ended (rejected). Prints the counts.
+measure a reward model or DPO on (their ``data.val_path``), never to train on. ``samples`` answers are sampled per
+problem at ``temperature``, in batches with the KV cache, and checked; each problem with both a right and a wrong
+answer gives a pair of its answer (chosen) and each distinct wrong answer that ended (rejected). Prints the counts.
 """
 
 import json
