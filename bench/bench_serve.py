@@ -9,8 +9,8 @@ which serves the same requests one at a time (the others wait). For 1, 8 and 32 
 requests one after another (prompts: the first 24 characters of lines of Tiny Shakespeare; greedy;
 ``max_tokens`` new tokens each). Printed, as a markdown table: requests/s, generated tokens/s, and the time to the
 first token (p50 and p95); then the gain in tokens/s of batching at each client count, and the time to the first
-token of a request that arrives while 8 streams of 100 tokens are running. Without ``--ckpt`` the default model has random weights, as GPT-2 has: the speed is the
-same, only the text differs.
+token of a request that arrives while 8 streams of 100 tokens are running. Without ``--ckpt`` the default model
+has random weights, as GPT-2 has: the speed is the same, only the text differs.
 """
 
 import argparse
@@ -158,7 +158,8 @@ def main() -> None:
                         print(rows[-1], flush=True)
                     late.append(f"{model}, {label}: {asyncio.run(late_arrival(url, prompts)):.3f} s")
             for clients in args.clients:
-                gain = measured["continuous batch", clients]["tokens/s"] / measured["one at a time", clients]["tokens/s"]
+                batched, alone = measured["continuous batch", clients], measured["one at a time", clients]
+                gain = batched["tokens/s"] / alone["tokens/s"]
                 gains.append(f"{model}, {clients} clients: {gain:.1f}x")
     print("\n| model | clients | serving | requests/s | tokens/s | first token p50 (s) | p95 (s) |")
     print("|---|---|---|---|---|---|---|")

@@ -52,7 +52,8 @@ def test_batched_rows_get_what_they_would_get_alone():
             for i in indices:
                 prompt, tokens = requests[i]
                 settings = GenerationSettings(max_new_tokens=tokens, temperature=temperature, top_p=0.9)
-                engine.submit([Request(prompt, settings, on_token=out[i].append, generator=torch.Generator().manual_seed(i),
+                engine.submit([Request(prompt, settings, on_token=out[i].append,
+                                       generator=torch.Generator().manual_seed(i),
                                        on_end=lambda *end: ended.append(end))])
                 time.sleep(stagger * rng.random())
             while len(ended) < len(indices):

@@ -71,7 +71,8 @@ DEVICES = Rule("a positive number of devices, -1 or auto (all), or a list of dev
 
 DATA = {
     "data.text_path": optional(TEXT), "data.dataset": optional(TEXT), "data.text_field": TEXT,
-    "data.min_chars": NON_NEGATIVE_INT, "data.max_non_alpha": optional(UP_TO_ONE), "data.shard_tokens": POSITIVE_INT, "data.tokenizer": one_of(*KINDS), "data.vocab_size": optional(POSITIVE_INT),
+    "data.min_chars": NON_NEGATIVE_INT, "data.max_non_alpha": optional(UP_TO_ONE), "data.shard_tokens": POSITIVE_INT,
+    "data.tokenizer": one_of(*KINDS), "data.vocab_size": optional(POSITIVE_INT),
     "data.val_fraction": FRACTION, "data.example": one_of(*EXAMPLES), "data.num_proc": optional(POSITIVE_INT),
 }
 

@@ -159,7 +159,8 @@ class Engine:
 
     def __init__(self, model: TokenModel, settings: GenerationSettings, max_batch_size: int = 16,
                  batch_wait_s: float = 0.005):
-        self.model, self.settings, self.max_batch_size, self.batch_wait_s = model, settings, max_batch_size, batch_wait_s
+        self.model, self.settings = model, settings
+        self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
         self.suppress_ids = torch.tensor(sorted(settings.suppress_ids), dtype=torch.long,
                                          device=next(model.parameters()).device)
         self.waiting: deque[Request] = deque()
