@@ -43,7 +43,6 @@ from gpt.data.store import PreparedData, check_val_fraction, file_stats, fit, pr
 from gpt.data.tokenizers import TiktokenTokenizer, Tokenizer
 from gpt.data.windows import WindowsDataModule
 from gpt.files import atomic_write_text, atomic_writer
-from gpt.signals import default_signals_in_child
 
 log = logging.getLogger(__name__)
 
@@ -487,7 +486,7 @@ def encoded_in_order(works: Iterator[Work], num_proc: int) -> Iterator[tuple[Wor
         return
     # an executor rather than multiprocessing's Pool: a process killed mid-work (out of memory) breaks it with an
     # error, where the Pool would wait for that work forever
-    with ProcessPoolExecutor(num_proc, multiprocessing.get_context("fork"), default_signals_in_child) as pool:
+    with ProcessPoolExecutor(num_proc, multiprocessing.get_context("fork")) as pool:  # gpt.signals resets forks
         pending = deque()
         try:
             for work in works:
