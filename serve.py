@@ -20,7 +20,7 @@ from gpt import UserError
 from gpt.cli.checks import SERVE
 from gpt.cli.command_line import check_command_line, check_config
 from gpt.cli.errors import report_user_errors
-from gpt.signals import STOP_SIGNALS, stopped_by_signals
+from gpt.signals import STOP_SIGNALS, stopped_by_signals, stops_deferred
 
 
 def serve(cfg: DictConfig) -> None:
@@ -29,13 +29,14 @@ def serve(cfg: DictConfig) -> None:
                         "lower it or raise max_tokens")
     listening = bound_socket(cfg.host, cfg.port)  # before the model loads: a port in use is refused at once
     with stopped_by_signals():
-        import torch
-        import uvicorn
+        with stops_deferred():  # the imports of torch and Lightning finish before a stop (gpt.signals)
+            import torch
+            import uvicorn
 
-        from gpt.models.generate import GenerationSettings
-        from gpt.serve.app import Limits, build_app
-        from gpt.serve.engine import Engine
-        from gpt.serve.served import load_served
+            from gpt.models.generate import GenerationSettings
+            from gpt.serve.app import Limits, build_app
+            from gpt.serve.engine import Engine
+            from gpt.serve.served import load_served
 
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) - 1))
