@@ -90,11 +90,8 @@ class Batch:
         """One token per row, each with its request's own settings and generator."""
         if len(self.suppress_ids):
             logits = logits.index_fill(-1, self.suppress_ids, float("-inf"))
-        greedy = logits.argmax(dim=-1)
-        rows = [greedy[i:i + 1] if s.temperature == 0 else
-                sample_next(logits[i:i + 1], s.temperature, s.top_k, s.top_p, r.generator)[0]
-                for i, (r, s) in enumerate((r, r.settings) for r in self.requests)]
-        return torch.cat(rows)
+        return torch.cat([sample_next(logits[i:i + 1], r.settings.temperature, r.settings.top_k, r.settings.top_p,
+                                      r.generator)[0] for i, r in enumerate(self.requests)])
 
     def room(self) -> int:
         """Cache slots the rows may still need."""
