@@ -157,27 +157,20 @@ class Completion:
             row.cancelled = True
 
     async def pieces(self) -> AsyncIterator[tuple[int, str, str | None]]:
-        """(row, new text, finish reason or None) as the rows grow, until every row has ended. Tokens that arrived
-        together (the event loop was busy) make one piece: fewer, larger chunks for a server under load."""
+        """(row, new text, finish reason or None) as each token arrives, until every row has ended: a chunk per
+        token, as OpenAI's API streams them, however busy the event loop was."""
         while None in self.reasons:
-            arrived = [await self.events.get()]
-            while not self.events.empty():
-                arrived.append(self.events.get_nowait())
-            grown = {}
-            for i, token, reason, error in arrived:
-                if self.reasons[i] is not None:
-                    continue  # a row cut at a stop text: its later tokens were generated before it left
-                if error is not None:
-                    raise ApiError(500, f"generation failed: {error}", kind="server_error")
-                self.tokens[i] += token is not None
-                if token is not None and token != self.eot_id:
-                    self.texts[i] += self.streams[i].push(token)
-                elif token is None:
-                    self.texts[i] += self.streams[i].flush()
-                piece, reason = self.advance(i, reason)
-                grown[i] = (grown.get(i, ("", None))[0] + piece, reason)
-            for i, (piece, reason) in grown.items():
-                yield i, piece, reason
+            i, token, reason, error = await self.events.get()
+            if self.reasons[i] is not None:
+                continue  # a row cut at a stop text: its later tokens were generated before it left
+            if error is not None:
+                raise ApiError(500, f"generation failed: {error}", kind="server_error")
+            self.tokens[i] += token is not None
+            if token is not None and token != self.eot_id:
+                self.texts[i] += self.streams[i].push(token)
+            elif token is None:
+                self.texts[i] += self.streams[i].flush()
+            yield (i, *self.advance(i, reason))
 
     def advance(self, i: int, reason: str | None) -> tuple[str, str | None]:
         """The new text of row ``i`` that can be sent, and its finish reason once it has ended: a stop text ends it
