@@ -3,7 +3,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from gpt.training.devices import auto_precision
-from gpt.training.run import trainer_node
+from gpt.training.run import instantiate_group, trainer_node
 
 from conftest import REPO, compose_train
 
@@ -19,7 +19,9 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path):
     assert model_config.build().block_size == context
     make_lm = instantiate(cfg.lm, _partial_=True)
     assert make_lm(model_config=model_config, optimizer=instantiate(cfg.optim)).model.block_size == context
-    trainer = instantiate(trainer_node(cfg), precision=auto_precision(cfg.trainer.precision), logger=False)
+    callbacks = instantiate_group(cfg.callbacks)
+    trainer = instantiate(trainer_node(cfg), precision=auto_precision(cfg.trainer.precision), logger=False,
+                          callbacks=callbacks)
     assert trainer.max_steps == cfg.trainer.max_steps
 
 

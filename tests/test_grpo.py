@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gpt import IGNORE_INDEX, UserError
+from gpt.metrics import read_result
 from gpt.models.transformer import GPTConfig
 from gpt.training.grpo import GRPO, checked_rollout, clipped_surrogate, group_advantages, rollout_rows
 from gpt.training.rewards import checked_rewards
@@ -65,6 +66,22 @@ def sft(tmp_path_factory) -> tuple:
     train(compose_train(*TINY_GPT, *ADDITIONS, data, "trainer.max_steps=150", "trainer.val_every_n_steps=150",
                         "optim.lr=3e-3", tmp_path=root / "sft"))
     return root / "sft" / "checkpoints" / "best.ckpt", data
+
+
+def test_its_starting_point_trains_until_exact_match_passes_a_threshold(tmp_path):
+    """experiment=addition_weak trains until its held-out exact match passes 0.70 (here -1, which the first
+    validation passes), wherever a CPU's rounding puts a fixed number of steps: the run stops there, its best
+    checkpoint written; addition_rl, which starts from it, trains its whole schedule."""
+    common = [*TINY_GPT, *ADDITIONS[1:], f"paths.data_dir={tmp_path / 'data'}", "trainer.val_every_n_steps=2"]
+    train(compose_train("experiment=addition_weak", *common, "trainer.max_steps=8",
+                        "callbacks.early_stopping.stopping_threshold=-1", tmp_path=tmp_path / "weak"))
+    result = read_result(tmp_path / "weak")
+    assert (result["steps"], result["best_step"]) == (2, 2)
+    rl = compose_train("experiment=addition_rl", *common, "trainer.max_steps=4", "lm.group_size=2",
+                       f"init_from={result['best_checkpoint']}", tmp_path=tmp_path / "rl")
+    assert rl.callbacks.get("early_stopping") is None
+    train(rl)
+    assert read_result(tmp_path / "rl")["steps"] == 4
 
 
 def rows(run_dir) -> list[dict]:
