@@ -39,7 +39,8 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt import UserError
-from gpt.data.store import PreparedData, check_val_fraction, file_stats, fit, prepare, prepared_name, token_dtype
+from gpt.data.store import (ENCODING_PROCESS_DIED, PreparedData, check_val_fraction, file_stats, fit, prepare,
+                            prepared_name, token_dtype)
 from gpt.data.tokenizers import TiktokenTokenizer, Tokenizer
 from gpt.data.windows import WindowsDataModule
 from gpt.files import atomic_write_text, atomic_writer
@@ -498,8 +499,7 @@ def encoded_in_order(works: Iterator[Work], num_proc: int) -> Iterator[tuple[Wor
                 work, result = pending.popleft()
                 yield work, result.result()
         except BrokenProcessPool:
-            raise UserError("an encoding process died (killed: out of memory?); prepare again with fewer "
-                            "data.num_proc") from None
+            raise UserError(ENCODING_PROCESS_DIED) from None
         finally:
             for _, result in pending:
                 result.cancel()
