@@ -8,7 +8,8 @@ as words are), written as FineWeb-style parquet files with a ``text`` column. Me
 GPT-2 encoding of its first documents in one thread (the faster of ``encode_ordinary_batch(num_threads=1)`` and
 ``encode_to_numpy``), then ``python prepare.py data=corpus``'s preparation of the whole corpus with one process
 and with one per core (reading, encoding, writing the shards: everything but the imports of the process), their
-outputs compared byte for byte, and the peak memory of the preparing processes (the proportional set size of the process and its workers, summed, sampled every 50 ms).
+outputs compared byte for byte, and the peak memory of the preparing processes (the proportional set size of the
+process and its workers, summed, sampled every 50 ms).
 """
 
 import argparse

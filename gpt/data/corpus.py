@@ -25,13 +25,10 @@ import hashlib
 import importlib
 import json
 import logging
-import multiprocessing
 import os
 import zlib
 from collections import deque
 from collections.abc import Generator, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt import UserError
-from gpt.data.store import (ENCODING_PROCESS_DIED, PreparedData, check_val_fraction, file_stats, fit, prepare,
+from gpt.data.store import (PreparedData, check_val_fraction, encoding_processes, file_stats, fit, prepare,
                             prepared_name, token_dtype)
 from gpt.data.tokenizers import TiktokenTokenizer, Tokenizer
 from gpt.data.windows import WindowsDataModule
@@ -485,24 +482,16 @@ def encoded_in_order(works: Iterator[Work], num_proc: int) -> Iterator[tuple[Wor
     if num_proc == 1:
         yield from ((work, _encode(work)) for work in works)
         return
-    # an executor rather than multiprocessing's Pool: a process killed mid-work (out of memory) breaks it with an
-    # error, where the Pool would wait for that work forever
-    with ProcessPoolExecutor(num_proc, multiprocessing.get_context("fork")) as pool:  # gpt.signals resets forks
+    with encoding_processes(num_proc) as pool:
         pending = deque()
-        try:
-            for work in works:
-                pending.append((work, pool.submit(_encode, work)))
-                if len(pending) >= 4 * num_proc:
-                    work, result = pending.popleft()
-                    yield work, result.result()
-            while pending:
+        for work in works:
+            pending.append((work, pool.submit(_encode, work)))
+            if len(pending) >= 4 * num_proc:
                 work, result = pending.popleft()
                 yield work, result.result()
-        except BrokenProcessPool:
-            raise UserError(ENCODING_PROCESS_DIED) from None
-        finally:
-            for _, result in pending:
-                result.cancel()
+        while pending:
+            work, result = pending.popleft()
+            yield work, result.result()
 
 
 class Shards:

@@ -27,6 +27,7 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -43,8 +44,6 @@ log = logging.getLogger(__name__)
 # bumped when tokenization or the meta changes, so that older prepared files are redone (3: BPE fitted on the train
 # split; 4: the text's content hash)
 PREPARED_FORMAT = 4
-
-ENCODING_PROCESS_DIED = "an encoding process died (killed: out of memory?); prepare again with fewer data.num_proc"
 
 
 def check_val_fraction(val_fraction: float) -> None:
@@ -358,22 +357,30 @@ def _encode(piece: tuple[str, bool]) -> list[int]:
     return ids
 
 
+@contextmanager
+def encoding_processes(num_proc: int, initializer: Callable | None = None, initargs: tuple = ()
+                       ) -> Iterator[ProcessPoolExecutor]:
+    """``num_proc`` forked processes that encode (gpt.signals resets their signal handlers). An executor rather
+    than multiprocessing's Pool: a process killed mid-work (out of memory) is one error, where the Pool would wait
+    for that work forever; a stopped preparation waits for no queued work."""
+    with ProcessPoolExecutor(num_proc, multiprocessing.get_context("fork"), initializer, initargs) as pool:
+        try:
+            yield pool
+        except BrokenProcessPool:
+            raise UserError("an encoding process died (killed: out of memory?); prepare again with fewer "
+                            "data.num_proc") from None
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
 def encode_in_order(tokenizer: Tokenizer, pieces: Iterator[tuple[object, str, bool]], num_proc: int,
                     batch_size: int, chunksize: int = 1) -> Iterator[tuple[object, list[int]]]:
     """(tag, token ids) of each (tag, text, ends a document) piece, in order; the tokenizer's end token follows
     each document. ``num_proc`` processes encode ``batch_size`` pieces at a time, so memory stays bounded."""
-    # an executor rather than multiprocessing's Pool: a process killed mid-work (out of memory) breaks it with an
-    # error, where the Pool would wait for that work forever
-    with ProcessPoolExecutor(num_proc, multiprocessing.get_context("fork"), initializer=_start_worker,
-                             initargs=(tokenizer.to_dict(),)) as pool:
-        try:
-            while batch := list(itertools.islice(pieces, batch_size)):
-                tags = [tag for tag, _, _ in batch]
-                yield from zip(tags, pool.map(_encode, [(text, ends) for _, text, ends in batch], chunksize=chunksize))
-        except BrokenProcessPool:
-            raise UserError(ENCODING_PROCESS_DIED) from None
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)  # a stopped run waits for no queued work
+    with encoding_processes(num_proc, _start_worker, (tokenizer.to_dict(),)) as pool:
+        while batch := list(itertools.islice(pieces, batch_size)):
+            tags = [tag for tag, _, _ in batch]
+            yield from zip(tags, pool.map(_encode, [(text, ends) for _, text, ends in batch], chunksize=chunksize))
 
 
 def processes(num_proc: int | None, n_chars: int) -> int:
